@@ -1,0 +1,165 @@
+"""The handle a task body sees as ``self.claim``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from celery_claim import errors
+from celery_claim.store import ClaimStore
+
+__all__ = ["Claim"]
+
+logger = logging.getLogger("celery_claim")
+
+
+class Claim:
+    """The claim the running body holds.
+
+    ``key`` and ``token`` are what an external system should get as its
+    idempotency key: the key names the job, the token names this acquisition
+    (it grows by one on every takeover).
+    """
+
+    def __init__(self, *, store: ClaimStore | None, key: str, token: int, attempt: int,
+                 task_id: str, lease_seconds: float,
+                 on_lost: Callable[[Claim, str], None] | None = None,
+                 claimed: bool = True) -> None:
+        self._store = store
+        #: False for a direct call or with ``claim_enabled=False``: no claim
+        #: is held, and ``atomic()`` is a plain transaction committed when the
+        #: body returns.
+        self.claimed = claimed
+        self.key = key
+        self.token = token
+        self.attempt = attempt
+        self.task_id = task_id
+        self.lease_seconds = lease_seconds
+        self.acquired_at = time.monotonic()
+        self.released = False
+        self._lost: str | None = None
+        self._on_lost = on_lost
+        self._lock = threading.Lock()
+        self._connection: sa.Connection | None = None
+
+    @property
+    def store(self) -> ClaimStore:
+        if self._store is None:
+            raise errors.ClaimConfigurationError(
+                "self.claim.atomic() needs a claim store: set claim_database_url or claim_engine")
+        return self._store
+
+    def __repr__(self) -> str:
+        return f"<Claim {self.key!r} token={self.token} attempt={self.attempt}>"
+
+    @property
+    def lost(self) -> bool:
+        """True once the heartbeat saw another worker take the claim over."""
+        return self._lost is not None
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"<key>#<token>"``: unique per acquisition, for external systems."""
+        return f"{self.key}#{self.token}"
+
+    def check(self) -> None:
+        """Raise :class:`ClaimLost` if the claim is known to be lost."""
+        if self._lost is not None:
+            raise errors.ClaimLost(key=self.key, token=self.token, noticed_by=self._lost)
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sa.Connection]:
+        """A connection whose writes commit together with the claim's completion.
+
+        The writes become visible only when the body has returned and the
+        fenced completion succeeded, in the same transaction. If the body
+        raises, or the claim was lost, they are rolled back. A block that
+        raises leaves no writes of its own; earlier blocks are kept.
+        """
+        self.check()
+        if self._connection is None:
+            connection = self.store.connect()
+            try:
+                connection.begin()
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+            try:
+                yield connection
+            except BaseException:
+                self.rollback()
+                raise
+            return
+        savepoint = self._connection.begin_nested()
+        try:
+            yield self._connection
+        except BaseException:
+            if savepoint.is_active:
+                savepoint.rollback()
+            raise
+        if savepoint.is_active:
+            savepoint.commit()
+
+    @contextlib.contextmanager
+    def session(self, **options: Any) -> Iterator[orm.Session]:
+        """An ORM ``Session`` on the :meth:`atomic` connection, flushed at the end.
+
+        ``session.commit()`` inside only flushes; the transaction commits with
+        the claim's completion.
+        """
+        with self.atomic() as connection:
+            options.setdefault("join_transaction_mode", "conservative_savepoint")
+            with orm.Session(bind=connection, **options) as session:
+                yield session
+                session.flush()
+
+    # --- used by ClaimTask ---------------------------------------------------
+
+    @property
+    def connection(self) -> sa.Connection | None:
+        """The atomic() connection, if the body opened one."""
+        return self._connection
+
+    def commit(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.commit()
+            finally:
+                self._close()
+
+    def rollback(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.rollback()
+            except Exception:  # the connection may be gone; nothing was committed
+                logger.debug("rollback of atomic() failed", exc_info=True)
+            finally:
+                self._close()
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:
+                logger.debug("closing atomic() connection failed", exc_info=True)
+
+    # Leased protocol (the heartbeat)
+    def mark_lost(self, where: str) -> None:
+        with self._lock:
+            if self._lost is not None:
+                return
+            self._lost = where
+        if self._on_lost is not None:
+            self._on_lost(self, where)
+
+    def renewal_failed(self, exc: errors.ClaimStoreError) -> None:
+        logger.debug("lease renewal of %s failed: %s", self.key, exc)

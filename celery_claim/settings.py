@@ -1,0 +1,167 @@
+"""Settings: read once from the task, the app's config and the environment.
+
+Precedence: per-task option (``@app.task(claim_lease_seconds=...)``) >
+``app.conf.claim_*`` > environment (``CELERY_CLAIM_*``) > default. Unknown
+``claim_*`` names are an error with a "did you mean".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from celery_claim import errors, sql
+from celery_claim.keys import DEFAULT_KEY
+
+__all__ = ["OPTIONS", "ClaimSettings", "check_names", "from_sources", "validate"]
+
+OnRunning = Literal["defer", "skip", "raise"]
+OnFailure = Literal["release", "keep"]
+
+ENV_PREFIX = "CELERY_CLAIM_"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimSettings:
+    """The resolved settings of one task. Field names drop the ``claim_`` prefix."""
+
+    database_url: str | None = None
+    engine: Any = None
+    table: str = sql.DEFAULT_TABLE
+    key: str | Callable[..., str] = DEFAULT_KEY
+    lease_seconds: float = 60.0
+    heartbeat: bool = True
+    on_running: OnRunning = "defer"
+    on_failure: OnFailure = "release"
+    store_result: bool = True
+    check_payload: bool = True
+    ttl_seconds: float = 7 * 24 * 3600.0
+    create_schema: bool = True
+    enabled: bool = True
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between lease renewals: a third of the lease."""
+        return self.lease_seconds / 3
+
+
+#: Every public setting name (``claim_`` + field).
+OPTIONS: tuple[str, ...] = tuple(f"claim_{f.name}" for f in dataclasses.fields(ClaimSettings))
+_DEFAULTS = ClaimSettings()
+
+
+def check_names(names: Any, where: str) -> None:
+    """Raise for any ``claim_*`` name that is not a setting, with a suggestion."""
+    for name in names:
+        if not isinstance(name, str) or not name.lower().startswith("claim_"):
+            continue
+        if name.lower() in OPTIONS:
+            continue
+        close = difflib.get_close_matches(name.lower(), OPTIONS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(OPTIONS)}"
+        raise errors.ClaimConfigurationError(f"unknown setting {name!r} in {where}{hint}")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise errors.ClaimConfigurationError(f"{name} must be a boolean", value=value)
+
+
+def _as_seconds(name: str, value: Any, minimum: float) -> float:
+    try:
+        seconds = float(value.total_seconds() if hasattr(value, "total_seconds") else value)
+    except (TypeError, ValueError):
+        raise errors.ClaimConfigurationError(
+            f"{name} must be a number of seconds", value=value) from None
+    if isinstance(value, bool) or not seconds >= minimum or seconds == float("inf"):
+        raise errors.ClaimConfigurationError(
+            f"{name} must be at least {minimum:g} seconds", value=value)
+    return seconds
+
+
+def _as_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise errors.ClaimConfigurationError(
+            f"{name} must be one of {', '.join(map(repr, choices))}{hint}", value=value)
+    return str(value)
+
+
+def validate(name: str, value: Any) -> Any:
+    """Check one setting's value; returns it normalised."""
+    field = name.removeprefix("claim_")
+    if field in ("heartbeat", "store_result", "check_payload", "create_schema", "enabled"):
+        return _as_bool(name, value)
+    if field == "lease_seconds":
+        return _as_seconds(name, value, minimum=1.0)
+    if field == "ttl_seconds":
+        return _as_seconds(name, value, minimum=0.0)
+    if field == "on_running":
+        return _as_choice(name, value, ("defer", "skip", "raise"))
+    if field == "on_failure":
+        return _as_choice(name, value, ("release", "keep"))
+    if field == "table":
+        sql.parse_table_name(value)
+        return value
+    if field == "database_url":
+        if not isinstance(value, str) or "://" not in value:
+            raise errors.ClaimConfigurationError(
+                "claim_database_url must be an SQLAlchemy URL such as "
+                "'postgresql+psycopg://user@host/db' or 'sqlite:///claims.db'", value=value)
+        return value
+    if field == "key" and not (isinstance(value, str) or callable(value)):
+        raise errors.ClaimConfigurationError(
+            "claim_key must be a format string or a callable", value=value)
+    return value
+
+
+def _environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    found = {}
+    for env_name, value in environ.items():
+        if env_name.startswith(ENV_PREFIX):
+            name = "claim_" + env_name[len(ENV_PREFIX):].lower()
+            if name in ("claim_engine", "claim_key"):
+                continue
+            if name not in OPTIONS:
+                check_names([name], f"the environment ({env_name})")
+            found[name] = value
+    return found
+
+
+def app_config(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``claim_*`` settings present in a Celery app's ``conf``."""
+    found: dict[str, Any] = {}
+    for name in list(conf.keys()):
+        if isinstance(name, str) and name.lower().startswith("claim_"):
+            check_names([name], "the Celery configuration")
+            value = conf.get(name)
+            if value is not None:
+                found[name.lower()] = value
+    return found
+
+
+def from_sources(task_options: Mapping[str, Any], conf: Mapping[str, Any],
+                 environ: Mapping[str, str] | None = None) -> ClaimSettings:
+    """Resolve settings by precedence and validate every value."""
+    check_names(task_options, "the task's options")
+    merged: dict[str, Any] = _environment(os.environ if environ is None else environ)
+    merged.update(app_config(conf))
+    merged.update({k: v for k, v in task_options.items() if v is not None})
+    values = {name.removeprefix("claim_"): validate(name, value)
+              for name, value in merged.items()}
+    settings = dataclasses.replace(_DEFAULTS, **values)
+    if settings.enabled and settings.engine is None and settings.database_url is None:
+        raise errors.ClaimConfigurationError(
+            "no claim store configured: set app.conf.claim_database_url (or the environment "
+            "variable CELERY_CLAIM_DATABASE_URL) to an SQLAlchemy URL, or claim_engine to an "
+            "Engine")
+    return settings

@@ -1,0 +1,336 @@
+"""The claims table and every statement celery-claim runs against it.
+
+This is the only module that knows SQL dialects. Each statement has a name
+and a one-line description in :data:`STATEMENTS`; the store asks for them by
+name through :class:`Statements`. All times come from the database clock.
+
+PostgreSQL is the production target. SQLite gives the same semantics for the
+demo and for tests that need no server (it serialises writers, so the
+statements below are just as atomic there).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from celery_claim import errors
+
+__all__ = [
+    "DEFAULT_TABLE",
+    "MAX_KEY_LENGTH",
+    "STATEMENTS",
+    "Statements",
+    "make_table",
+    "metadata",
+    "parse_table_name",
+]
+
+DEFAULT_TABLE = "celery_claims"
+MAX_KEY_LENGTH = 512
+
+# Claim states. ``running`` is the only one with a lease.
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+RELEASED = "released"
+STATES = (RUNNING, SUCCEEDED, FAILED, RELEASED)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def parse_table_name(name: str) -> tuple[str | None, str]:
+    """Split ``"schema.table"`` into its parts, validating both identifiers."""
+    parts = name.split(".") if isinstance(name, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.match(p) for p in parts):
+        raise errors.ClaimConfigurationError(
+            "claim_table must be a plain identifier or 'schema.table' (letters, digits, "
+            "underscores; at most 63 characters each)",
+            claim_table=name,
+        )
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def make_table(name: str = DEFAULT_TABLE, meta: sa.MetaData | None = None) -> sa.Table:
+    """Build the claims table (and its indexes) in ``meta``."""
+    schema, table_name = parse_table_name(name)
+    meta = meta if meta is not None else sa.MetaData()
+    json_type = sa.JSON(none_as_null=False).with_variant(postgresql.JSONB(none_as_null=False),
+                                                         "postgresql")
+    stamp = sa.DateTime(timezone=True)
+    table = sa.Table(
+        table_name,
+        meta,
+        sa.Column("key", sa.String(MAX_KEY_LENGTH), primary_key=True),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("token", sa.BigInteger, nullable=False),
+        sa.Column("task_name", sa.String(255), nullable=False),
+        sa.Column("task_id", sa.String(255), nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("payload_digest", sa.String(64)),
+        sa.Column("result", json_type),
+        sa.Column("error", sa.Text),
+        sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("lease_expires_at", stamp),
+        sa.Column("created_at", stamp, nullable=False),
+        sa.Column("updated_at", stamp, nullable=False),
+        sa.Column("finished_at", stamp),
+        sa.Column("expires_at", stamp),
+        sa.CheckConstraint(f"state IN {STATES!r}", name=f"{table_name}_state_check"),
+        schema=schema,
+    )
+    # Purge walks finished rows by expiry; running rows never expire.
+    sa.Index(f"{table_name}_expires_idx", table.c.expires_at,
+             postgresql_where=table.c.expires_at.isnot(None))
+    # Stale-claim listing: running rows by lease end.
+    sa.Index(f"{table_name}_running_lease_idx", table.c.lease_expires_at,
+             postgresql_where=table.c.state == RUNNING)
+    return table
+
+
+#: The default table in its own ``MetaData``, for Alembic's ``target_metadata``.
+metadata = sa.MetaData()
+claims = make_table(DEFAULT_TABLE, metadata)
+
+
+# --- the database clock ----------------------------------------------------
+
+class db_now(FunctionElement[Any]):
+    """The database's current time (statement time on PostgreSQL)."""
+
+    type = sa.DateTime(timezone=True)
+    inherit_cache = True
+
+
+class db_now_plus(FunctionElement[Any]):
+    """The database's current time plus a number of seconds (a bound value)."""
+
+    type = sa.DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _pg_now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    # statement_timestamp(), not now(): inside the atomic() transaction now()
+    # is the transaction's start, which would make completions look early.
+    return "statement_timestamp()"
+
+
+@compiles(db_now_plus, "postgresql")
+def _pg_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(next(iter(element.clauses)), **kw)
+    return f"(statement_timestamp() + make_interval(secs => {seconds}))"
+
+
+# SQLite keeps timestamps as text; this format sorts correctly and is the one
+# SQLAlchemy reads back ("YYYY-MM-DD HH:MM:SS.ffffff", UTC).
+@compiles(db_now, "sqlite")
+def _sqlite_now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+
+
+@compiles(db_now_plus, "sqlite")
+def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(next(iter(element.clauses)), **kw)
+    return f"(strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.6f seconds', {seconds})) || '000')"
+
+
+# --- statements -------------------------------------------------------------
+
+def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    # Parameters are named p_<name>: SQLAlchemy reserves column names in SET.
+    return sa.bindparam(f"p_{name}", type_=type_)
+
+
+def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(t).values(
+        key=_p("key"), state=RUNNING, token=1, task_name=_p("task_name"), task_id=_p("task_id"),
+        attempt=1, owner=_p("owner"), payload_digest=_p("payload_digest"), duplicates=0,
+        lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)),
+        created_at=db_now(), updated_at=db_now(),
+    )
+    x = stmt.excluded
+    now = db_now()
+    # Who may take an existing row. Timeline of the race this prevents:
+    #   worker A: INSERT .. ON CONFLICT .. WHERE (acquirable) -> row back, token 7
+    #   worker B: INSERT .. ON CONFLICT .. WHERE (acquirable) -> waits on A's row
+    #             lock, re-evaluates WHERE against A's committed row -> no row back
+    # The decision and the write are one statement; PostgreSQL serialises it.
+    acquirable = sa.or_(
+        t.c.state == RELEASED,
+        sa.and_(t.c.state == FAILED, _p("retry_failed", sa.Boolean)),
+        sa.and_(t.c.state == RUNNING, t.c.lease_expires_at < now),
+    )
+    same_payload = sa.or_(
+        sa.not_(_p("check_payload", sa.Boolean)),
+        t.c.payload_digest.is_(None),
+        x.payload_digest.is_(None),
+        t.c.payload_digest == x.payload_digest,
+    )
+    acquire: sa.Executable = stmt.on_conflict_do_update(
+        index_elements=[t.c.key],
+        set_={
+            "state": RUNNING, "token": t.c.token + 1, "task_name": x.task_name,
+            "task_id": x.task_id, "attempt": t.c.attempt + 1, "owner": x.owner,
+            "payload_digest": x.payload_digest, "result": sa.null(), "error": sa.null(),
+            "lease_expires_at": x.lease_expires_at, "updated_at": now,
+            "finished_at": sa.null(), "expires_at": sa.null(),
+        },
+        where=sa.or_(t.c.expires_at < now, sa.and_(acquirable, same_payload)),
+    ).returning(t.c.token, t.c.attempt)
+    return acquire
+
+
+def _record_columns(t: sa.Table) -> list[Any]:
+    return [*t.c, t.c.result.isnot(None).label("has_result"), db_now().label("db_now")]
+
+
+def _note_duplicate(t: sa.Table, dialect: str) -> sa.Executable:
+    return (
+        sa.update(t).where(t.c.key == _p("key"))
+        .values(duplicates=t.c.duplicates + 1)
+        .returning(*_record_columns(t))
+    )
+
+
+def _get(t: sa.Table, dialect: str) -> sa.Executable:
+    return sa.select(*_record_columns(t)).where(t.c.key == _p("key"))
+
+
+def _finish(t: sa.Table, dialect: str, *, with_result: bool) -> sa.Executable:
+    values: dict[str, Any] = {
+        "state": _p("state"), "error": _p("error"), "lease_expires_at": sa.null(),
+        "updated_at": db_now(), "finished_at": db_now(),
+        "expires_at": db_now_plus(_p("ttl_seconds", sa.Float)),
+    }
+    values["result"] = _p("result", t.c.result.type) if with_result else sa.null()
+    return (
+        sa.update(t)
+        .where(t.c.key == _p("key"), t.c.token == _p("token"), t.c.state == RUNNING)
+        .values(**values)
+        .returning(t.c.token)
+    )
+
+
+def _release(t: sa.Table, dialect: str) -> sa.Executable:
+    return (
+        sa.update(t)
+        .where(t.c.key == _p("key"), t.c.token == _p("token"), t.c.state == RUNNING)
+        .values(state=RELEASED, error=_p("error"), lease_expires_at=sa.null(),
+                updated_at=db_now(), expires_at=db_now_plus(_p("ttl_seconds", sa.Float)))
+        .returning(t.c.token)
+    )
+
+
+def _renew(t: sa.Table, dialect: str) -> sa.Executable:
+    pairs = sa.tuple_(t.c.key, t.c.token).in_(sa.bindparam("p_pairs", expanding=True))
+    return (
+        sa.update(t)
+        .where(t.c.state == RUNNING, pairs)
+        .values(lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)), updated_at=db_now())
+        .returning(t.c.key, t.c.token)
+    )
+
+
+def _force_release(t: sa.Table, dialect: str) -> sa.Executable:
+    live = sa.and_(t.c.state == RUNNING, t.c.lease_expires_at >= db_now())
+    return (
+        sa.update(t)
+        .where(t.c.key == _p("key"), t.c.token == _p("token"),
+               sa.or_(sa.not_(live), _p("force", sa.Boolean)))
+        .values(state=RELEASED, lease_expires_at=sa.null(), updated_at=db_now(),
+                error=_p("error"), expires_at=db_now_plus(_p("ttl_seconds", sa.Float)))
+        .returning(t.c.token)
+    )
+
+
+def _purge(t: sa.Table, dialect: str) -> sa.Executable:
+    batch = (
+        sa.select(t.c.key)
+        .where(t.c.expires_at < db_now(), t.c.state != RUNNING)
+        .limit(_p("batch_size", sa.Integer))
+    )
+    if dialect == "postgresql":
+        # Rows an acquire is re-claiming right now are skipped, never waited on.
+        batch = batch.with_for_update(skip_locked=True)
+    return sa.delete(t).where(t.c.key.in_(batch.scalar_subquery()))
+
+
+def _list(t: sa.Table, dialect: str) -> sa.Executable:
+    stale = sa.and_(t.c.state == RUNNING, t.c.lease_expires_at < db_now())
+    return (
+        sa.select(*_record_columns(t))
+        .where(
+            t.c.key > _p("after_key"),
+            sa.or_(_p("state", sa.String).is_(None), t.c.state == _p("state", sa.String)),
+            sa.or_(_p("task_name", sa.String).is_(None),
+                   t.c.task_name == _p("task_name", sa.String)),
+            sa.or_(sa.not_(_p("stale", sa.Boolean)), stale),
+        )
+        .order_by(t.c.key)
+        .limit(_p("limit", sa.Integer))
+    )
+
+
+def _stats(t: sa.Table, dialect: str) -> sa.Executable:
+    stale = sa.and_(t.c.state == RUNNING, t.c.lease_expires_at < db_now())
+    return (
+        sa.select(
+            t.c.task_name, t.c.state, sa.func.count().label("claims"),
+            sa.func.coalesce(sa.func.sum(t.c.duplicates), 0).label("duplicates"),
+            sa.func.count().filter(stale).label("stale"),
+            sa.func.coalesce(sa.func.sum(t.c.attempt), 0).label("acquisitions"),
+        )
+        .group_by(t.c.task_name, t.c.state)
+        .order_by(t.c.task_name, t.c.state)
+    )
+
+
+Builder = Callable[[sa.Table, str], sa.Executable]
+
+#: Every statement by name: (description, builder).
+STATEMENTS: dict[str, tuple[str, Builder]] = {
+    "acquire": ("claim a key in one statement: insert, or take over a released, failed "
+                "(when retried), lease-lapsed or expired row", _acquire),
+    "note_duplicate": ("count a duplicate delivery and read the row it lost to",
+                       _note_duplicate),
+    "get": ("read one claim row with the database's current time", _get),
+    "complete": ("fenced completion that stores a JSON result",
+                 lambda t, d: _finish(t, d, with_result=True)),
+    "finish": ("fenced completion without a result (failures, unstorable results)",
+               lambda t, d: _finish(t, d, with_result=False)),
+    "release": ("fenced release: the holder gives the claim back", _release),
+    "renew": ("fenced heartbeat: extend the leases of many running claims at once", _renew),
+    "force_release": ("operator release, fenced by token; refuses a live lease unless forced",
+                      _force_release),
+    "purge": ("delete one batch of finished claims past their expiry", _purge),
+    "list": ("one page of claims by key, filtered by state, task and stale lease", _list),
+    "stats": ("claims, duplicates and stale leases by task and state", _stats),
+}
+
+
+class Statements:
+    """The named statements built once for one table on one dialect."""
+
+    def __init__(self, table: sa.Table, dialect: str) -> None:
+        if dialect not in ("postgresql", "sqlite"):
+            raise errors.ClaimConfigurationError(
+                "celery-claim supports PostgreSQL (postgresql+psycopg://) and SQLite only",
+                dialect=dialect,
+            )
+        self.table = table
+        self.dialect = dialect
+        self._built = {name: build(table, dialect) for name, (_, build) in STATEMENTS.items()}
+
+    def __getitem__(self, name: str) -> sa.Executable:
+        statement: sa.Executable = self._built[name]
+        return statement

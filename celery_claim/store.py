@@ -1,0 +1,375 @@
+"""ClaimStore: the claim table's operations, one statement each.
+
+The store knows SQL and nothing of Celery. Each method runs one named
+statement from :mod:`celery_claim.sql` in one round trip (autocommit), except
+where it joins the caller's transaction (``connection=``).
+
+Engines belong to a process: after a fork the child drops the pool it
+inherited (``dispose(close=False)``) and opens its own connections, so
+prefork children never share a socket with their parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from celery_claim import errors, sql
+
+__all__ = ["Acquired", "ClaimRecord", "ClaimStore", "translate_errors"]
+
+_UTC = datetime.timezone.utc
+
+
+def _aware(value: datetime.datetime | None) -> datetime.datetime | None:
+    # SQLite hands back naive UTC; PostgreSQL timestamptz is already aware.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=_UTC)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimRecord:
+    """One row of the claims table, read at ``db_now`` (the database's clock)."""
+
+    key: str
+    state: str
+    token: int
+    task_name: str
+    task_id: str
+    attempt: int
+    owner: str
+    payload_digest: str | None
+    result: Any
+    has_result: bool
+    error: str | None
+    duplicates: int
+    lease_expires_at: datetime.datetime | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    finished_at: datetime.datetime | None
+    expires_at: datetime.datetime | None
+    db_now: datetime.datetime
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> ClaimRecord:
+        values = dict(row._mapping)
+        for name in ("lease_expires_at", "created_at", "updated_at", "finished_at",
+                     "expires_at", "db_now"):
+            values[name] = _aware(values[name])
+        values["has_result"] = bool(values["has_result"])
+        return cls(**values)
+
+    @property
+    def lease_remaining(self) -> float:
+        """Seconds until the lease lapses (0 when not running or already lapsed)."""
+        if self.state != sql.RUNNING or self.lease_expires_at is None:
+            return 0.0
+        return max(0.0, (self.lease_expires_at - self.db_now).total_seconds())
+
+    @property
+    def is_live(self) -> bool:
+        """Running under a lease that has not lapsed."""
+        return self.state == sql.RUNNING and self.lease_remaining > 0
+
+    @property
+    def is_stale(self) -> bool:
+        """Running, but the lease has lapsed: the holder is gone or paused."""
+        return self.state == sql.RUNNING and not self.is_live
+
+    @property
+    def is_expired(self) -> bool:
+        """Past its retention time: the next acquire treats it as new."""
+        return self.expires_at is not None and self.expires_at < self.db_now
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            f.name: (v.isoformat() if isinstance(v, datetime.datetime) else v)
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquired:
+    """A won claim: the fencing token and the number of this acquisition."""
+
+    token: int
+    attempt: int
+
+
+@contextlib.contextmanager
+def translate_errors(operation: str, **context: object) -> Iterator[None]:
+    """Turn driver and SQLAlchemy errors into :class:`ClaimStoreError`."""
+    try:
+        yield
+    except (sa.exc.DBAPIError, sa.exc.SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise errors.ClaimStoreError(
+            f"claim store {operation} failed: {reason[0] if reason else type(exc).__name__}",
+            **context,
+        ) from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    rows: list[sa.Row[Any]]
+    rowcount: int
+
+    @classmethod
+    def of(cls, result: sa.CursorResult[Any]) -> _Outcome:
+        rows = list(result.all()) if result.returns_rows else []
+        return cls(rows, result.rowcount)
+
+    def first(self) -> sa.Row[Any] | None:
+        return self.rows[0] if self.rows else None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+class ClaimStore:
+    """The claims table in one database, reached through a SQLAlchemy engine."""
+
+    def __init__(self, url: str | None = None, *, engine: sa.Engine | None = None,
+                 table: str = sql.DEFAULT_TABLE, create_schema: bool = True) -> None:
+        if (url is None) == (engine is None):
+            raise errors.ClaimConfigurationError("give the claim store a URL or an engine")
+        self.url = url
+        self.table = sql.make_table(table)
+        self.table_name = table
+        self.create_schema_on_start = create_schema
+        self._engine = engine if engine is not None else _create_engine(url or "")
+        self._owns_engine = engine is None
+        self.statements = sql.Statements(self.table, self._engine.dialect.name)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._schema_ready = False
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def __repr__(self) -> str:
+        where = self._engine.url.render_as_string(hide_password=True)
+        return f"<ClaimStore {self.table_name} at {where}>"
+
+    # --- connections -------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        """This process's engine (the inherited pool is dropped after a fork)."""
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._engine.dispose(close=False)
+                    self._pid = os.getpid()
+        return self._engine
+
+    def connect(self) -> sa.Connection:
+        """A new connection in transactional mode, for ``atomic()``."""
+        self.engine  # noqa: B018 - fork check
+        with translate_errors("connect"):
+            return self._engine.connect()
+
+    def _run(self, operation: str, name: str, params: dict[str, Any],
+             connection: sa.Connection | None = None) -> _Outcome:
+        statement = self.statements[name]
+        key = params.get("key")
+        params = {f"p_{k}": v for k, v in params.items()}
+        if connection is not None:
+            with translate_errors(operation, key=key):
+                return _Outcome.of(connection.execute(statement, params))
+        self.engine  # noqa: B018 - fork check
+        for attempt in (1, 2):
+            try:
+                with self._autocommit.connect() as conn:
+                    return _Outcome.of(conn.execute(statement, params))
+            except sa.exc.DBAPIError as exc:
+                # A pooled connection the server closed (restart, terminate):
+                # the pool is now invalidated, so one fresh attempt is worth it.
+                if attempt == 1 and _retryable(exc):
+                    continue
+                with translate_errors(operation, key=key):
+                    raise
+            except (sa.exc.SQLAlchemyError, OSError):
+                with translate_errors(operation, key=key):
+                    raise
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        """Close this process's pooled connections."""
+        if self._owns_engine:
+            self._engine.dispose()
+
+    # --- schema ----------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the table and its indexes if missing (safe to race)."""
+        with translate_errors("create_schema"), self.engine.begin() as conn:
+            if self.statements.dialect == "postgresql":
+                # Serialise concurrent creators; CREATE IF NOT EXISTS alone can
+                # still collide in the catalogue.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                             {"name": f"celery_claim:{self.table_name}"})
+                if self.table.schema:
+                    conn.execute(sa.schema.CreateSchema(self.table.schema, if_not_exists=True))
+            self.table.metadata.create_all(conn, tables=[self.table], checkfirst=True)
+        self._schema_ready = True
+
+    def ensure_schema(self) -> None:
+        """Create the schema once per store when ``create_schema`` is on."""
+        if self.create_schema_on_start and not self._schema_ready:
+            self.create_schema()
+
+    def drop_schema(self) -> None:
+        """Drop the table (tests and ``celery-claim schema --drop``)."""
+        with translate_errors("drop_schema"), self.engine.begin() as conn:
+            self.table.drop(conn, checkfirst=True)
+        self._schema_ready = False
+
+    def ddl(self) -> str:
+        """The CREATE statements for this table on this dialect."""
+        dialect = self._engine.dialect
+        parts = [str(sa.schema.CreateTable(self.table).compile(dialect=dialect)).strip()]
+        parts += [str(sa.schema.CreateIndex(ix).compile(dialect=dialect)).strip()
+                  for ix in sorted(self.table.indexes, key=lambda ix: ix.name or "")]
+        return ";\n\n".join(parts) + ";\n"
+
+    # --- the claim life cycle ------------------------------------------------
+
+    def acquire(self, key: str, *, task_name: str, task_id: str, owner: str,
+                payload_digest: str | None, lease_seconds: float,
+                retry_failed: bool = True, check_payload: bool = True) -> Acquired | None:
+        """Claim ``key`` in one statement. ``None``: someone else holds it."""
+        rows = self._run("acquire", "acquire", {
+            "key": key, "task_name": task_name, "task_id": task_id, "owner": owner[:255],
+            "payload_digest": payload_digest, "lease_seconds": lease_seconds,
+            "retry_failed": retry_failed, "check_payload": check_payload,
+        }).rows
+        return Acquired(token=rows[0].token, attempt=rows[0].attempt) if rows else None
+
+    def note_duplicate(self, key: str) -> ClaimRecord | None:
+        """Count a duplicate delivery of ``key`` and read the row it lost to."""
+        row = self._run("note_duplicate", "note_duplicate", {"key": key}).first()
+        return ClaimRecord.from_row(row) if row is not None else None
+
+    def get(self, key: str) -> ClaimRecord | None:
+        """Read one claim."""
+        row = self._run("get", "get", {"key": key}).first()
+        return ClaimRecord.from_row(row) if row is not None else None
+
+    def complete(self, key: str, token: int, *, result: Any = None, has_result: bool = False,
+                 state: str = sql.SUCCEEDED, error: str | None = None,
+                 ttl_seconds: float, connection: sa.Connection | None = None) -> bool:
+        """Mark the claim finished, fenced by ``token``. ``False``: the claim was lost."""
+        params = {"key": key, "token": token, "state": state, "error": error,
+                  "ttl_seconds": ttl_seconds}
+        if has_result:
+            params["result"] = result
+        name = "complete" if has_result else "finish"
+        return self._run("complete", name, params, connection).first() is not None
+
+    def release(self, key: str, token: int, *, ttl_seconds: float,
+                error: str | None = None) -> bool:
+        """Give the claim back, fenced by ``token``. ``False``: it was not ours any more."""
+        return self._run("release", "release", {
+            "key": key, "token": token, "error": error, "ttl_seconds": ttl_seconds,
+        }).first() is not None
+
+    def renew(self, pairs: Iterable[tuple[str, int]], lease_seconds: float) -> set[tuple[str, int]]:
+        """Extend many leases at once; returns the (key, token) pairs still held."""
+        pairs = list(pairs)
+        if not pairs:
+            return set()
+        rows = self._run("renew", "renew", {"pairs": pairs, "lease_seconds": lease_seconds})
+        return {(row.key, row.token) for row in rows.rows}
+
+    # --- operations --------------------------------------------------------------
+
+    def force_release(self, key: str, token: int, *, force: bool = False,
+                      ttl_seconds: float = 7 * 24 * 3600.0,
+                      reason: str = "released by operator") -> bool:
+        """Release a claim by hand, fenced by ``token``; refuses a live lease unless forced."""
+        return self._run("force_release", "force_release", {
+            "key": key, "token": token, "force": force, "error": reason,
+            "ttl_seconds": ttl_seconds,
+        }).first() is not None
+
+    def purge(self, batch_size: int = 1000, max_batches: int | None = None) -> int:
+        """Delete finished claims past their expiry, in short batches. Returns the count."""
+        deleted = batches = 0
+        while max_batches is None or batches < max_batches:
+            count = self._run("purge", "purge", {"batch_size": batch_size}).rowcount
+            deleted += count
+            batches += 1
+            if count < batch_size:
+                break
+        return deleted
+
+    def list_claims(self, *, state: str | None = None, task_name: str | None = None,
+             stale: bool = False, limit: int = 50, after_key: str = "") -> list[ClaimRecord]:
+        """One page of claims ordered by key; pass the last key as ``after_key``."""
+        rows = self._run("list", "list", {
+            "state": state, "task_name": task_name, "stale": stale, "limit": limit,
+            "after_key": after_key,
+        })
+        return [ClaimRecord.from_row(row) for row in rows.rows]
+
+    def stats(self) -> list[dict[str, Any]]:  # noqa: D102
+        """Claims, duplicates, acquisitions and stale leases by task and state."""
+        return [dict(row._mapping) for row in self._run("stats", "stats", {}).rows]
+
+
+def _create_engine(url: str) -> sa.Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise errors.ClaimConfigurationError(
+            f"claim_database_url is not a valid SQLAlchemy URL: {exc}") from exc
+    options: dict[str, Any] = {}
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        if parsed.get_driver_name() in ("psycopg2", "asyncpg", "pg8000"):
+            raise errors.ClaimConfigurationError(
+                "use the psycopg 3 driver: postgresql+psycopg://...", url=str(parsed))
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        options["connect_args"] = {"connect_timeout": 5, "application_name": "celery-claim"}
+    elif backend == "sqlite":
+        options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        if parsed.database in (None, "", ":memory:"):
+            # One shared connection, or every thread would see its own empty
+            # database. Good for single-threaded eager tests only.
+            options["poolclass"] = sa.pool.StaticPool
+    try:
+        engine = sa.create_engine(parsed, **options)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise errors.ClaimConfigurationError(
+            f"cannot create an engine for claim_database_url: {exc}") from exc
+    if backend == "postgresql":
+        event.listen(engine, "connect", _pg_session_setup)
+    elif backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_session_setup)
+    return engine
+
+
+def _pg_session_setup(dbapi_connection: Any, record: Any) -> None:
+    # A generic plan cached while the table was empty can be a sequential
+    # scan for "WHERE key = $1"; custom plans always use the primary key.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_custom_plan")
+    dbapi_connection.commit()
+
+
+def _sqlite_session_setup(dbapi_connection: Any, record: Any) -> None:
+    # WAL lets readers run beside the single writer; busy_timeout waits for it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

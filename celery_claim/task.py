@@ -1,0 +1,583 @@
+"""ClaimTask: the Celery glue around the claim store.
+
+``__call__`` is the only hook whose return value becomes the task's result,
+so the whole life cycle lives there: build the key, acquire (one statement),
+run the body under a heartbeat, complete (fenced), or decide what a duplicate
+does. ``retry()`` releases the claim before Celery publishes the next
+attempt, because that attempt can start before this one has unwound.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import celery
+from celery import signals as celery_signals
+from celery._state import _task_stack
+from celery.exceptions import Ignore, Reject, Retry
+
+from celery_claim import errors, keys, settings, signals, sql
+from celery_claim.claim import Claim
+from celery_claim.lease import heartbeat
+from celery_claim.store import ClaimRecord, ClaimStore
+
+__all__ = ["ClaimTask", "store_for"]
+
+logger = logging.getLogger("celery_claim")
+_HOST = socket.gethostname()
+
+#: Completion is tried this many times (with short pauses) before giving up.
+COMPLETE_ATTEMPTS = 3
+#: Fail-closed back-off when the store is unreachable at acquire: capped exponential.
+STORE_RETRY_CAP = 60.0
+_STORE_ATTEMPTS_HEADER = "claim_store_attempts"
+_DEFERRALS_HEADER = "claim_deferrals"
+
+
+class _Runtime:
+    """What one task needs on every call, resolved once."""
+
+    def __init__(self, task: ClaimTask) -> None:
+        self.settings = settings.from_sources(_task_options(type(task)), task.app.conf)
+        self.keys = keys.KeyBuilder(task.name, _signature(type(task)), self.settings.key)
+        configured = self.settings.engine is not None or self.settings.database_url is not None
+        self.store = store_for(self.settings) if configured else None
+
+
+_stores: dict[tuple[Any, ...], ClaimStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(resolved: settings.ClaimSettings) -> ClaimStore:
+    """The process-wide store for these settings (one per database and table)."""
+    ident = (resolved.database_url if resolved.engine is None else id(resolved.engine),
+             resolved.table)
+    with _stores_lock:
+        store = _stores.get(ident)
+        if store is None:
+            store = _stores[ident] = ClaimStore(
+                resolved.database_url, engine=resolved.engine, table=resolved.table,
+                create_schema=resolved.create_schema)
+        return store
+
+
+def _task_options(cls: type) -> dict[str, Any]:
+    """The ``claim_*`` options set on this task class (not inherited from ClaimTask)."""
+    found: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if klass is ClaimTask:
+            break
+        for name, value in vars(klass).items():
+            if name.startswith("claim_") and name not in found:
+                found[name] = value.__func__ if isinstance(value, staticmethod) else value
+    return found
+
+
+def _signature(cls: type) -> inspect.Signature | None:
+    run = None
+    for klass in cls.__mro__:
+        if "run" in vars(klass):
+            run = vars(klass)["run"]
+            break
+    if run is None:
+        return None
+    bound = not isinstance(run, staticmethod)
+    func = run.__func__ if isinstance(run, staticmethod) else run
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    if bound:
+        sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+    return sig
+
+
+class ClaimTask(celery.Task):  # type: ignore[misc]
+    """A task whose body runs only under an atomic claim in the database.
+
+    Use it per task (``@app.task(base=ClaimTask, bind=True)``) or app-wide
+    (``Celery(task_cls="celery_claim:ClaimTask")``). Options are the
+    ``claim_*`` settings, given as ``@app.task`` keyword arguments.
+    """
+
+    # Re-delivery is safe behind a claim, and it is what recovers a task
+    # whose worker died mid-body.
+    acks_late = True
+    reject_on_worker_lost = True
+
+    claim_database_url: str | None = None
+    claim_engine: Any = None
+    claim_table: str | None = None
+    claim_key: str | Callable[..., str] | None = None
+    claim_lease_seconds: float | None = None
+    claim_heartbeat: bool | None = None
+    claim_on_running: str | None = None
+    claim_on_failure: str | None = None
+    claim_store_result: bool | None = None
+    claim_check_payload: bool | None = None
+    claim_ttl_seconds: float | None = None
+    claim_create_schema: bool | None = None
+    claim_enabled: bool | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        options = {k: v for k, v in vars(cls).items() if k.startswith("claim_")}
+        name = vars(cls).get("name") or cls.__name__
+        settings.check_names(options, f"the options of task {name!r}")
+        for option, value in options.items():
+            if callable(value) and not isinstance(value, (staticmethod, type)):
+                # A callable claim_key must not become a bound method.
+                setattr(cls, option, staticmethod(value))
+            if value is not None:
+                settings.validate(option, value)
+        key = options.get("claim_key")
+        if isinstance(key, str) and "run" in vars(cls):
+            keys.KeyBuilder(str(name), _signature(cls), key)
+
+    # --- public ----------------------------------------------------------------
+
+    @property
+    def claim(self) -> Claim:
+        """The claim held by the running body (only inside the body)."""
+        handle = getattr(self.request, "claim", None)
+        if handle is None:
+            raise errors.ClaimError(
+                "self.claim exists only while the body runs under a claim: call the task "
+                "through a worker, .delay(), .apply_async() or .apply(), with bind=True",
+                task=self.name)
+        return handle  # type: ignore[no-any-return]
+
+    @property
+    def claim_settings(self) -> settings.ClaimSettings:
+        """This task's resolved settings."""
+        return self._claim_runtime().settings
+
+    @property
+    def claim_store(self) -> ClaimStore:
+        """This task's claim store."""
+        store = self._claim_runtime().store
+        if store is None:
+            raise errors.ClaimConfigurationError("claims are disabled for this task",
+                                                 task=self.name)
+        return store
+
+    def claim_key_for(self, *args: Any, task_id: str = "", **kwargs: Any) -> str:
+        """The claim key a call with these arguments would use."""
+        return self._claim_runtime().keys.build(task_id, args, kwargs)
+
+    def _claim_runtime(self) -> _Runtime:
+        runtime: _Runtime | None = self.__dict__.get("_claim_rt")
+        if runtime is None:
+            runtime = self.__dict__["_claim_rt"] = _Runtime(self)
+        return runtime
+
+    # --- Celery hooks ------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request_stack.top
+        if self.name.startswith("celery."):
+            return super().__call__(*args, **kwargs)  # Celery's own tasks
+        if (request is None or request.called_directly
+                or getattr(request, "claim", None) is not None):
+            # A direct call task(...) is a plain function call: no claim.
+            _task_stack.push(self)
+            self.push_request(args=args, kwargs=kwargs)
+            try:
+                return _Run(self, self._claim_runtime(), self.request, args,
+                            kwargs).execute_unclaimed()
+            finally:
+                self.pop_request()
+                _task_stack.pop()
+        runtime = self._claim_runtime()
+        if not runtime.settings.enabled:
+            return _Run(self, runtime, request, args, kwargs).execute_unclaimed()
+        return _Run(self, runtime, request, args, kwargs).execute()
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
+              throw: bool = True, eta: Any = None, countdown: float | None = None,
+              max_retries: int | None = None, **options: Any) -> Any:
+        """Release the claim (fenced), then let Celery publish the next attempt."""
+        request = self.request
+        handle: Claim | None = getattr(request, "claim", None)
+        if handle is not None and not handle.released:
+            limit = self.max_retries if max_retries is None else max_retries
+            if limit is None or request.retries + 1 <= limit:
+                _release(self, handle, reason="retry",
+                         error=repr(exc) if exc is not None else None)
+        return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta,
+                             countdown=countdown, max_retries=max_retries, **options)
+
+
+class _Run:
+    """One claimed execution of a task body."""
+
+    def __init__(self, task: ClaimTask, runtime: _Runtime, request: Any,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.task = task
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.store: ClaimStore = runtime.store  # type: ignore[assignment] # None: unclaimed only
+        self.request = request
+        self.args = args
+        self.kwargs = kwargs
+
+    def execute(self) -> Any:
+        s = self.settings
+        task_id = self.request.id or ""
+        arguments = self.runtime.keys.bind(self.args, self.kwargs)
+        key = self.runtime.keys.build(task_id, self.args, self.kwargs, arguments)
+        digest = keys.payload_digest(arguments) if s.check_payload else None
+        started = time.monotonic()
+        try:
+            self.store.ensure_schema()
+            won, record = self._acquire(key, task_id, digest)
+        except errors.ClaimStoreError as exc:
+            signals.claim_store_error.send(sender=self.task, key=key, task_id=task_id,
+                                           token=None, operation="acquire", exc=exc)
+            raise self._fail_closed(key, exc) from exc
+        if won is None:
+            return self._duplicate(key, digest, record)
+        handle = Claim(store=self.store, key=key, token=won.token, attempt=won.attempt,
+                       task_id=task_id, lease_seconds=s.lease_seconds,
+                       on_lost=lambda claim, where: _lost_claim(self.task, claim, where))
+        wait = time.monotonic() - started
+        signals.claim_acquired.send(sender=self.task, key=key, task_id=task_id,
+                                    token=won.token, attempt=won.attempt, wait=wait)
+        _log(logging.DEBUG, "acquired", self.task, handle, duration=wait)
+        return self._run_body(handle)
+
+    def execute_unclaimed(self) -> Any:
+        """Run the body with no claim; atomic() commits when the body returns."""
+        handle = Claim(store=self.runtime.store, key="", token=0, attempt=0,
+                       task_id=self.request.id or "", lease_seconds=self.settings.lease_seconds,
+                       claimed=False)
+        self.request.claim = handle
+        try:
+            retval = self.task.run(*self.args, **self.kwargs)
+        except BaseException:
+            handle.rollback()
+            raise
+        else:
+            handle.commit()
+            return retval
+        finally:
+            self.request.claim = None
+
+    def _acquire(self, key: str, task_id: str,
+                 digest: str | None) -> tuple[Any, ClaimRecord | None]:
+        s = self.settings
+        record = None
+        owner = f"{getattr(self.request, 'hostname', None) or _HOST}/{os.getpid()}"
+        for _ in range(3):
+            won = self.store.acquire(
+                key, task_name=self.task.name, task_id=task_id, owner=owner,
+                payload_digest=digest, lease_seconds=s.lease_seconds,
+                retry_failed=s.on_failure == "release", check_payload=s.check_payload)
+            if won is not None:
+                return won, None
+            record = self.store.note_duplicate(key)
+            if record is None or _mismatch(s, digest, record):
+                if record is None:
+                    continue  # purged between the two statements: try again
+                return None, record
+            takeable = (record.is_expired or record.is_stale or record.state == sql.RELEASED
+                        or (record.state == sql.FAILED and s.on_failure == "release"))
+            if not takeable:
+                return None, record
+            # It changed between the two statements (released, lapsed): look again.
+        return None, record
+
+    # --- the duplicate's state machine ---------------------------------------------
+
+    def _duplicate(self, key: str, digest: str | None, record: ClaimRecord | None) -> Any:
+        s = self.settings
+        record_state = record.state if record is not None else "unknown"
+        if record is not None and _mismatch(s, digest, record):
+            self._report_duplicate(key, record, "mismatch")
+            raise errors.ClaimPayloadMismatch(
+                key=key, task=self.task.name, task_id=self.request.id,
+                holder_task_id=record.task_id)
+        if record is not None and record.state == sql.SUCCEEDED:
+            self._report_duplicate(key, record, "succeeded")
+            if s.store_result and record.has_result:
+                return record.result
+            raise Ignore()
+        if record is not None and record.state == sql.FAILED:
+            self._report_duplicate(key, record, "failed")
+            raise Ignore()
+        # Running (or changing under us three times in a row).
+        if s.on_running == "skip":
+            self._report_duplicate(key, record, "running-skipped")
+            raise Ignore()
+        if s.on_running == "raise" or self.request.is_eager:
+            self._report_duplicate(key, record, "running-raised")
+            raise errors.ClaimInProgress(
+                key=key, state=record_state,
+                holder_task_id=record.task_id if record else None,
+                lease_remaining=round(record.lease_remaining, 3) if record else None)
+        delay = (record.lease_remaining if record else 1.0) + random.uniform(0.1, 1.0)
+        deferrals = int(_header(self.request, _DEFERRALS_HEADER) or 0) + 1
+        self._republish(delay, {_DEFERRALS_HEADER: deferrals})
+        self._report_duplicate(key, record, "running-deferred", countdown=round(delay, 3))
+        # Ignore: acked, and nothing written to the result backend, where the
+        # holder (often under the same task id) keeps its state.
+        raise Ignore()
+
+    def _report_duplicate(self, key: str, record: ClaimRecord | None, outcome: str,
+                          **extra: Any) -> None:
+        signals.claim_duplicate.send(sender=self.task, key=key, task_id=self.request.id,
+                                     token=record.token if record else None,
+                                     outcome=outcome, record=record)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "claim duplicate key=%s task_id=%s outcome=%s holder_task_id=%s token=%s%s",
+                key, self.request.id, outcome, record.task_id if record else None,
+                record.token if record else None,
+                "".join(f" {k}={v}" for k, v in extra.items()),
+                extra={"claim_event": "duplicate", "claim_key": key, "claim_outcome": outcome,
+                       "task_id": self.request.id})
+
+    # --- the body --------------------------------------------------------------
+
+    def _run_body(self, handle: Claim) -> Any:
+        s = self.settings
+        self.request.claim = handle
+        if s.heartbeat:
+            heartbeat.hold(handle)
+        try:
+            try:
+                retval = self.task.run(*self.args, **self.kwargs)
+            except BaseException as exc:
+                heartbeat.drop(handle)
+                handle.rollback()
+                if not handle.released:
+                    self._after_failure(handle, exc)
+                raise
+            heartbeat.drop(handle)
+            if handle.released:  # self.retry(throw=False) gave the claim back
+                handle.rollback()
+                return retval
+            return self._complete(handle, retval)
+        finally:
+            self.request.claim = None
+
+    def _after_failure(self, handle: Claim, exc: BaseException) -> None:
+        s = self.settings
+        if isinstance(exc, (Retry, Ignore, Reject)) or not isinstance(exc, Exception):
+            _release(self.task, handle, reason=type(exc).__name__.lower(), error=repr(exc))
+            return
+        try:
+            done = self.store.complete(handle.key, handle.token, state=sql.FAILED,
+                                       error=_describe(exc), ttl_seconds=s.ttl_seconds)
+        except errors.ClaimStoreError as store_exc:
+            logger.warning("claim %s: could not record the failure (%s); the lease will lapse",
+                           handle.key, store_exc)
+            return
+        if not done:
+            self._lost(handle, "complete")
+            return
+        _emit_completed(self.task, handle, sql.FAILED)
+
+    def _complete(self, handle: Claim, retval: Any) -> Any:
+        s = self.settings
+        result, has_result = _encode(self.task, retval) if s.store_result else (None, False)
+        connection = handle.connection
+        last_exc: errors.ClaimStoreError | None = None
+        done = False
+        for attempt in range(COMPLETE_ATTEMPTS):
+            try:
+                done = self.store.complete(handle.key, handle.token, result=result,
+                                           has_result=has_result, state=sql.SUCCEEDED,
+                                           ttl_seconds=s.ttl_seconds, connection=connection)
+                if connection is not None:
+                    if done:
+                        handle.commit()
+                    else:
+                        handle.rollback()
+                elif not done:
+                    done = self._completed_before(handle)
+                last_exc = None
+                break
+            except Exception as exc:
+                store_exc = exc if isinstance(exc, errors.ClaimStoreError) else \
+                    errors.ClaimStoreError(f"claim store complete failed: {exc}", key=handle.key)
+                last_exc = store_exc
+                signals.claim_store_error.send(sender=self.task, key=handle.key,
+                                               task_id=handle.task_id, token=handle.token,
+                                               operation="complete", exc=store_exc)
+                if connection is not None:
+                    # The transaction is gone with its connection: the atomic
+                    # writes were not committed, so the work must be redone.
+                    handle.rollback()
+                    break
+                time.sleep(0.2 * 2 ** attempt)
+        if last_exc is not None:
+            raise self._completion_failed(handle, last_exc) from last_exc
+        if not done:
+            self._lost(handle, "complete")
+            raise errors.ClaimLost(
+                "the claim was taken over after its lease lapsed; this attempt's completion "
+                "and its atomic() writes were discarded", key=handle.key, token=handle.token,
+                task_id=handle.task_id)
+        _emit_completed(self.task, handle, sql.SUCCEEDED)
+        return retval
+
+    def _completed_before(self, handle: Claim) -> bool:
+        # An earlier completion may have committed though its reply was lost.
+        record = self.store.get(handle.key)
+        return (record is not None and record.token == handle.token
+                and record.state == sql.SUCCEEDED)
+
+    # --- failure paths ---------------------------------------------------------
+
+    def _fail_closed(self, key: str, exc: errors.ClaimStoreError) -> BaseException:
+        """The store is unreachable at acquire: never run the body, never drop the message."""
+        if self.request.is_eager:
+            return exc
+        attempts = int(_header(self.request, _STORE_ATTEMPTS_HEADER) or 0)
+        countdown = min(STORE_RETRY_CAP, 2.0 ** attempts) * random.uniform(0.5, 1.0)
+        logger.warning("claim store unreachable at acquire for key=%s task_id=%s; the body did "
+                       "not run; retrying in %.1fs: %s", key, self.request.id, countdown, exc)
+        return self._retry_later(countdown, {_STORE_ATTEMPTS_HEADER: attempts + 1}, exc)
+
+    def _completion_failed(self, handle: Claim, exc: errors.ClaimStoreError) -> BaseException:
+        """Completion could not be recorded: the work is retried, fenced by the lease."""
+        if self.request.is_eager:
+            return exc
+        released = False
+        try:
+            released = self.store.release(handle.key, handle.token, error=_describe(exc),
+                                          ttl_seconds=self.settings.ttl_seconds)
+        except errors.ClaimStoreError:
+            pass
+        countdown = 1.0 if released else handle.lease_seconds + 1.0
+        logger.error("claim %s: completion failed (%s); the task will run again in %.1fs",
+                     handle.key, exc, countdown)
+        return self._retry_later(countdown, {}, exc)
+
+    def _retry_later(self, countdown: float, headers: dict[str, Any],
+                     exc: BaseException) -> BaseException:
+        try:
+            self._republish(countdown, headers)
+        except Exception as publish_exc:
+            logger.error("could not re-publish task %s (%s); requeueing the message",
+                         self.request.id, publish_exc)
+            rejected: BaseException = Reject(exc, requeue=True)
+            return rejected
+        retry: BaseException = Retry(exc=exc, when=countdown)
+        return retry
+
+    def _republish(self, countdown: float, headers: dict[str, Any]) -> None:
+        request = self.request
+        merged = dict(request.headers or {})
+        merged.update(headers)
+        signature = self.task.signature_from_request(
+            request, self.args, self.kwargs, countdown=countdown, headers=merged)
+        signature.apply_async()
+
+    def _lost(self, handle: Claim, where: str) -> None:
+        handle.mark_lost(where)
+
+
+def _lost_claim(task: ClaimTask, handle: Claim, where: str) -> None:
+    signals.claim_lost.send(sender=task, key=handle.key, task_id=handle.task_id,
+                            token=handle.token, where=where)
+    logger.error("claim lost key=%s task_id=%s token=%s noticed_by=%s: another worker took "
+                 "over after the lease lapsed", handle.key, handle.task_id, handle.token, where,
+                 extra={"claim_event": "lost", "claim_key": handle.key,
+                        "task_id": handle.task_id})
+
+
+def _release(task: ClaimTask, handle: Claim, *, reason: str, error: str | None) -> None:
+    heartbeat.drop(handle)
+    handle.rollback()
+    handle.released = True
+    resolved = task._claim_runtime().settings
+    try:
+        ok = handle.store.release(handle.key, handle.token, error=error,
+                                  ttl_seconds=resolved.ttl_seconds)
+    except errors.ClaimStoreError as exc:
+        logger.warning("claim %s: release failed (%s); the lease will lapse instead",
+                       handle.key, exc)
+        return
+    if not ok:
+        handle.mark_lost("release")
+        return
+    signals.claim_released.send(sender=task, key=handle.key, task_id=handle.task_id,
+                                token=handle.token, reason=reason)
+    _log(logging.INFO, "released", task, handle, reason=reason)
+
+
+def _emit_completed(task: ClaimTask, handle: Claim, state: str) -> None:
+    duration = time.monotonic() - handle.acquired_at
+    signals.claim_completed.send(sender=task, key=handle.key, task_id=handle.task_id,
+                                 token=handle.token, state=state, duration=duration)
+    _log(logging.INFO, "completed", task, handle, state=state, duration=duration)
+
+
+def _log(level: int, event: str, task: ClaimTask, handle: Claim, *,
+         duration: float | None = None, **fields: Any) -> None:
+    if not logger.isEnabledFor(level):
+        return
+    extra = "".join(f" {k}={v}" for k, v in fields.items())
+    took = f" duration_ms={duration * 1000:.1f}" if duration is not None else ""
+    logger.log(level, "claim %s key=%s task_id=%s token=%s attempt=%s%s%s", event, handle.key,
+               handle.task_id, handle.token, handle.attempt, extra, took,
+               extra={"claim_event": event, "claim_key": handle.key,
+                      "task_id": handle.task_id, "claim_token": handle.token})
+
+
+def _mismatch(s: settings.ClaimSettings, digest: str | None, record: ClaimRecord) -> bool:
+    return (s.check_payload and digest is not None and record.payload_digest is not None
+            and record.payload_digest != digest and not record.is_expired)
+
+
+def _header(request: Any, name: str) -> Any:
+    value = getattr(request, name, None)
+    if value is None:
+        value = (request.headers or {}).get(name)
+    return value
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+_warned_unencodable: set[str] = set()
+
+
+def _encode(task: ClaimTask, value: Any) -> tuple[Any, bool]:
+    """The result as stored JSON, or ``(None, False)`` if it is not JSON."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        if task.name not in _warned_unencodable:
+            _warned_unencodable.add(task.name)
+            logger.warning("task %s returned a value that is not JSON (%s): the claim is marked "
+                           "succeeded without a stored result, and duplicates return nothing",
+                           task.name, exc)
+        return None, False
+    return value, True
+
+
+@celery_signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _prepare_worker(sender: Any = None, **_: Any) -> None:
+    """Validate every ClaimTask's settings and create the schema before consuming."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    settings.app_config(app.conf)
+    for task in list(app.tasks.values()):
+        if isinstance(task, ClaimTask) and not task.name.startswith("celery."):
+            runtime = task._claim_runtime()
+            if runtime.store is not None:
+                runtime.store.ensure_schema()
