@@ -115,11 +115,11 @@ class Claim:
         ``session.commit()`` inside only flushes; the transaction commits with
         the claim's completion.
         """
-        with self.atomic() as connection:
-            options.setdefault("join_transaction_mode", "conservative_savepoint")
-            with orm.Session(bind=connection, **options) as session:
-                yield session
-                session.flush()
+        with self.atomic() as connection, orm.Session(bind=connection, **options) as session:
+            yield session
+            # Ends the session's own transaction (a savepoint, or nothing);
+            # the connection's transaction commits with the completion.
+            session.commit()
 
     # --- used by ClaimTask ---------------------------------------------------
 

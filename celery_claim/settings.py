@@ -138,14 +138,24 @@ def _environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def app_config(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``claim_*`` settings present in a Celery app's ``conf``."""
-    found: dict[str, Any] = {}
+    """The ``claim_*`` settings present in a Celery app's ``conf``.
+
+    With ``namespace="CELERY"`` (Django) the keys are ``CELERY_CLAIM_*``;
+    Celery's ``conf.get`` maps them to ``claim_*``.
+    """
     for name in list(conf.keys()):
-        if isinstance(name, str) and name.lower().startswith("claim_"):
-            check_names([name], "the Celery configuration")
-            value = conf.get(name)
-            if value is not None:
-                found[name.lower()] = value
+        if not isinstance(name, str):
+            continue
+        lowered = name.lower()
+        if lowered.startswith("celery_claim_"):
+            lowered = lowered[len("celery_"):]
+        if lowered.startswith("claim_"):
+            check_names([lowered], "the Celery configuration")
+    found: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = conf.get(option)
+        if value is not None:
+            found[option] = value
     return found
 
 

@@ -143,6 +143,24 @@ def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> 
     return f"(strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.6f seconds', {seconds})) || '000')"
 
 
+class has_value(FunctionElement[Any]):  # noqa: N801 - reads as SQL
+    """``column IS NOT NULL``, spelled so that SQLite's RETURNING gets it right."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+
+
+@compiles(has_value)
+def _has_value(element: has_value, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(next(iter(element.clauses)), **kw)} IS NOT NULL)"
+
+
+@compiles(has_value, "sqlite")
+def _sqlite_has_value(element: has_value, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite 3.40 evaluates "col IS NULL" wrongly in UPDATE ... RETURNING.
+    return f"(typeof({compiler.process(next(iter(element.clauses)), **kw)}) <> 'null')"
+
+
 # --- statements -------------------------------------------------------------
 
 def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
@@ -191,7 +209,7 @@ def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
 
 
 def _record_columns(t: sa.Table) -> list[Any]:
-    return [*t.c, t.c.result.isnot(None).label("has_result"), db_now().label("db_now")]
+    return [*t.c, has_value(t.c.result).label("has_result"), db_now().label("db_now")]
 
 
 def _note_duplicate(t: sa.Table, dialect: str) -> sa.Executable:

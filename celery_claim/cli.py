@@ -1,0 +1,430 @@
+"""The ``celery-claim`` command, also ``celery -A proj claim`` (a Celery command plugin).
+
+Every command finds the claim store the way a worker does: ``--database-url``
+and ``--table``, then (under ``celery -A proj claim``) the app's ``claim_*``
+configuration, then ``CELERY_CLAIM_DATABASE_URL`` / ``CELERY_CLAIM_TABLE``.
+
+Errors print one line on standard error and exit non-zero:
+1 (error: configuration, unreachable store), 2 (usage), 3 (no such claim),
+4 (refused: the lease is live). ``--json`` prints what a machine reads.
+
+This module is imported by every ``celery`` command (through the
+``celery.commands`` entry point), so it imports nothing heavy at the top.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from celery_claim._admin import StoreConfig
+    from celery_claim.store import ClaimRecord, ClaimStore
+
+__all__ = ["EXIT_ERROR", "EXIT_NOT_FOUND", "EXIT_REFUSED", "celery_command", "claim", "main"]
+
+EXIT_ERROR = 1
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+STATES = ("running", "succeeded", "failed", "released")
+
+class CommandError(click.ClickException):
+    """A one-line error and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(" ".join(message.split()))
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"celery-claim: error: {self.format_message()}", err=True)
+
+
+def _store_error_hint(message: str, table: str) -> str:
+    lowered = message.lower()
+    if "does not exist" in lowered or "no such table" in lowered:
+        return f"{message}; create the table with `celery-claim schema --apply` (table {table})"
+    if any(word in lowered for word in ("connect", "refused", "timeout", "resolve", "host")):
+        from celery_claim._admin import URL_HINT
+
+        return f"{message}; {URL_HINT}"
+    return message
+
+
+@contextlib.contextmanager
+def _errors(table: str = "") -> Iterator[None]:
+    """Turn celery-claim errors into one-line command errors."""
+    from celery_claim import errors
+
+    try:
+        yield
+    except errors.ClaimStoreError as exc:
+        raise CommandError(_store_error_hint(str(exc), table)) from exc
+    except errors.ClaimError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _celery_app(ctx: click.Context) -> Any:
+    """The Celery app when run as ``celery -A proj claim``, else None."""
+    obj = ctx.find_root().obj
+    return getattr(obj, "app", None)
+
+
+def _config(ctx: click.Context, *, require_url: bool = True) -> StoreConfig:
+    from celery_claim._admin import resolve
+
+    options = ctx.meta["celery_claim.options"]
+    app = _celery_app(ctx)
+    with _errors():
+        return resolve(app.conf if app is not None else None,
+                       database_url=options["database_url"], table=options["table"],
+                       require_url=require_url)
+
+
+@contextlib.contextmanager
+def _open_store(ctx: click.Context) -> Iterator[ClaimStore]:
+    config = _config(ctx)
+    with _errors(config.table):
+        store = config.open()
+    try:
+        with _errors(config.table):
+            yield store
+    finally:
+        store.dispose()
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(soft_wrap=True, highlight=False)
+
+
+# --- the group ----------------------------------------------------------------
+
+class ClaimGroup(click.Group):
+    """The command group; ``soak`` appears when :mod:`celery_claim.soak` provides it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        if importlib.util.find_spec("celery_claim.soak") is not None:
+            names.add("soak")
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name == "soak":
+            if importlib.util.find_spec("celery_claim.soak") is None:
+                return None
+            found = getattr(importlib.import_module("celery_claim.soak"), "command", None)
+            return found if isinstance(found, click.Command) else None
+        return command
+
+
+@click.group(cls=ClaimGroup, name="claim", context_settings={"help_option_names": ["-h",
+                                                                                   "--help"]})
+@click.option("--database-url", metavar="URL",
+              help="SQLAlchemy URL of the claim store (default: the app's "
+                   "claim_database_url, then CELERY_CLAIM_DATABASE_URL).")
+@click.option("--table", metavar="NAME",
+              help="Claims table (default: claim_table, CELERY_CLAIM_TABLE, celery_claims).")
+@click.pass_context
+def claim(ctx: click.Context, database_url: str | None, table: str | None) -> None:
+    """Inspect and operate the claims of celery-claim tasks."""
+    ctx.meta["celery_claim.options"] = {"database_url": database_url, "table": table}
+
+
+#: Mounted as ``celery claim`` through the ``celery.commands`` entry point.
+celery_command = claim
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``celery-claim`` console script."""
+    claim.main(args=argv, prog_name="celery-claim")
+
+
+# --- schema --------------------------------------------------------------------
+
+@claim.command()
+@click.option("--apply", "apply_", is_flag=True, help="Create the table and indexes if missing.")
+@click.option("--drop", is_flag=True, help="Drop the table (asks first unless --yes).")
+@click.option("--yes", is_flag=True, help="Do not ask before --drop.")
+@click.option("--dialect", type=click.Choice(["postgresql", "sqlite"]), default=None,
+              help="Print the DDL of this dialect without a database (default: postgresql).")
+@click.pass_context
+def schema(ctx: click.Context, apply_: bool, drop: bool, yes: bool, dialect: str | None) -> None:
+    """Print the claims table's DDL, or apply it (--apply) or drop it (--drop)."""
+    if apply_ and drop:
+        raise CommandError("choose one of --apply and --drop", exit_code=2)
+    config = _config(ctx, require_url=apply_ or drop)
+    if not (apply_ or drop):
+        from celery_claim._admin import StoreConfig
+
+        if dialect is not None or (config.engine is None and config.database_url is None):
+            url = "sqlite://" if dialect == "sqlite" else "postgresql+psycopg://"
+            config = StoreConfig(database_url=url, engine=None, table=config.table)
+        with _errors(config.table):
+            store = config.open()
+        click.echo(store.ddl(), nl=False)
+        return
+    if drop and not yes:
+        click.confirm(f"Drop {config.describe()} and every claim in it?", abort=True)
+    with _open_store(ctx) as store:
+        if drop:
+            store.drop_schema()
+            click.echo(f"dropped {config.describe()}")
+        else:
+            store.create_schema()
+            click.echo(f"created {config.describe()} (or it existed)")
+
+
+# --- status / list --------------------------------------------------------------
+
+def _record_dict(record: ClaimRecord) -> dict[str, Any]:
+    values = record.as_dict()
+    values.update(is_live=record.is_live, is_stale=record.is_stale,
+                  is_expired=record.is_expired,
+                  lease_remaining=round(record.lease_remaining, 3))
+    return values
+
+
+def _describe_state(record: ClaimRecord) -> str:
+    if record.is_live:
+        return f"running (live: lease {record.lease_remaining:.1f}s left)"
+    if record.is_stale:
+        return "running (STALE: the lease lapsed; the next delivery takes it over)"
+    expired = " (expired: the next acquire treats it as new)" if record.is_expired else ""
+    return record.state + expired
+
+
+@claim.command()
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the row as JSON.")
+@click.pass_context
+def status(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Show one claim, by its KEY."""
+    with _open_store(ctx) as store:
+        record = store.get(key)
+    if record is None:
+        raise CommandError(f"no claim with key {key!r} in table {store.table_name}",
+                           exit_code=EXIT_NOT_FOUND)
+    if as_json:
+        _print_json(_record_dict(record))
+        return
+    rows = [
+        ("key", record.key), ("state", _describe_state(record)), ("token", record.token),
+        ("task", record.task_name), ("task id", record.task_id),
+        ("acquisitions", record.attempt), ("duplicates suppressed", record.duplicates),
+        ("owner", record.owner), ("payload digest", record.payload_digest or "-"),
+        ("result", json.dumps(record.result) if record.has_result else "-"),
+        ("error", record.error or "-"), ("lease expires", record.lease_expires_at or "-"),
+        ("created", record.created_at), ("updated", record.updated_at),
+        ("finished", record.finished_at or "-"), ("expires", record.expires_at or "-"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
+
+
+@claim.command(name="list")
+@click.option("--state", type=click.Choice(STATES), help="Only claims in this state.")
+@click.option("--task", "task_name", metavar="NAME", help="Only claims of this task.")
+@click.option("--stale", is_flag=True, help="Only running claims whose lease has lapsed.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              help="Claims per page.")
+@click.option("--after", "after_key", metavar="KEY", default="",
+              help="Start after this key (the last key of the previous page).")
+@click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
+@click.pass_context
+def list_(ctx: click.Context, state: str | None, task_name: str | None, stale: bool,
+          limit: int, after_key: str, as_json: bool) -> None:
+    """List claims by key, a page at a time."""
+    with _open_store(ctx) as store:
+        records = store.list_claims(state=state, task_name=task_name, stale=stale,
+                                    limit=limit, after_key=after_key)
+    next_after = records[-1].key if len(records) == limit else None
+    if as_json:
+        _print_json({"claims": [_record_dict(r) for r in records], "next_after": next_after})
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("key", "state", "task", "token", "dups", "lease left", "updated"):
+        table.add_column(column, no_wrap=column != "key")
+    for r in records:
+        lease = f"{r.lease_remaining:.1f}s" if r.is_live else ("stale" if r.is_stale else "-")
+        table.add_row(r.key, r.state, r.task_name, str(r.token), str(r.duplicates), lease,
+                      r.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console = _console()
+    if records:
+        console.print(table)
+    else:
+        click.echo("no claims match")
+    if next_after is not None:
+        click.echo(f"more: add --after {next_after!r}")
+
+
+# --- release / purge -------------------------------------------------------------
+
+@claim.command()
+@click.argument("key")
+@click.option("--token", type=int, default=None,
+              help="The token you saw (default: the current one). The release only happens "
+                   "if the claim still has this token.")
+@click.option("--force", is_flag=True, help="Release even while the lease is live.")
+@click.option("--reason", default="released by operator", show_default=True,
+              help="Stored in the claim's error column.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_context
+def release(ctx: click.Context, key: str, token: int | None, force: bool, reason: str,
+            as_json: bool) -> None:
+    """Give a claim back so the next delivery can run it (fenced by token).
+
+    Refuses a live lease unless --force: the holder may still be working.
+    """
+    from celery_claim import sql
+
+    with _open_store(ctx) as store:
+        before = store.get(key)
+        if before is None:
+            raise CommandError(f"no claim with key {key!r} in table {store.table_name}",
+                               exit_code=EXIT_NOT_FOUND)
+        token = before.token if token is None else token
+        done = store.force_release(key, token, force=force, reason=reason)
+        after = store.get(key) if not done else None
+    if not done:
+        if after is None:
+            raise CommandError(f"claim {key!r} was purged meanwhile", exit_code=EXIT_NOT_FOUND)
+        if after.token != token:
+            raise CommandError(f"refused: claim {key!r} has token {after.token}, not {token}; "
+                               "it was taken over: look again", exit_code=EXIT_REFUSED)
+        raise CommandError(
+            f"refused: claim {key!r} is running under a live lease ({after.lease_remaining:.1f}s "
+            f"left, owner {after.owner}); wait for it to finish or lapse, or pass --force",
+            exit_code=EXIT_REFUSED)
+    if as_json:
+        _print_json({"key": key, "token": token, "released": True, "previous_state":
+                     before.state})
+        return
+    note = " (it had succeeded: the next delivery with this key runs the body again)" \
+        if before.state == sql.SUCCEEDED else ""
+    click.echo(f"released {key} (token {token}, was {before.state}){note}")
+
+
+@claim.command()
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="Claims deleted per statement.")
+@click.option("--max-batches", type=click.IntRange(1), default=None,
+              help="Stop after this many batches (default: until none are left).")
+@click.option("--pause", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Seconds to sleep between batches.")
+@click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
+@click.pass_context
+def purge(ctx: click.Context, batch_size: int, max_batches: int | None, pause: float,
+          as_json: bool) -> None:
+    """Delete finished claims past their retention time (claim_ttl_seconds), in batches.
+
+    Running claims are never deleted. Each batch is one short statement that
+    skips rows an acquire holds, so acquires never wait behind a purge.
+    """
+    from celery_claim._admin import purge_in_batches
+
+    batches: list[int] = []
+    with _open_store(ctx) as store:
+        deleted = purge_in_batches(store, batch_size=batch_size, max_batches=max_batches,
+                                   pause=pause, on_batch=batches.append)
+    if as_json:
+        _print_json({"deleted": deleted, "batches": len(batches), "table": store.table_name})
+    else:
+        click.echo(f"deleted {deleted} expired claim(s) from {store.table_name} "
+                   f"in {len(batches)} batch(es)")
+
+
+# --- stats ------------------------------------------------------------------------
+
+@claim.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Claims by task and state, duplicates suppressed, stale claims."""
+    with _open_store(ctx) as store:
+        rows = store.stats()
+    totals = {name: sum(int(r[name]) for r in rows)
+              for name in ("claims", "acquisitions", "duplicates", "stale")}
+    if as_json:
+        _print_json({"rows": rows, "totals": totals, "table": store.table_name})
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_footer=True)
+    table.add_column("task", footer="total")
+    table.add_column("state")
+    for name, title in (("claims", "claims"), ("acquisitions", "acquisitions"),
+                        ("duplicates", "duplicates suppressed"), ("stale", "stale")):
+        table.add_column(title, justify="right", footer=str(totals[name]))
+    for r in rows:
+        table.add_row(r["task_name"], r["state"], str(r["claims"]), str(r["acquisitions"]),
+                      str(r["duplicates"]), str(r["stale"]))
+    _console().print(table)
+    if totals["stale"]:
+        click.echo(f"{totals['stale']} stale claim(s): see `celery-claim list --stale`")
+
+
+# --- demo -------------------------------------------------------------------------
+
+@claim.command()
+@click.option("--database-url", "demo_database_url", metavar="URL",
+              envvar="CELERY_CLAIM_DATABASE_URL",
+              help="Claim store and demo tables (default: a SQLite file in a temp dir; "
+                   "env CELERY_CLAIM_DATABASE_URL).")
+@click.option("--broker-url", metavar="URL", envvar="CELERY_BROKER_URL",
+              help="Broker (default: kombu's filesystem transport in a temp dir; "
+                   "env CELERY_BROKER_URL).")
+@click.option("--jobs", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="Orders to charge.")
+@click.option("--copies", type=click.IntRange(2, 20), default=3, show_default=True,
+              help="Times each job is published.")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Worker processes (celery worker).")
+@click.option("--concurrency", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Prefork pool processes per worker.")
+@click.option("--timeout", type=click.FloatRange(5), default=180.0, show_default=True,
+              help="Give up after this many seconds per side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def demo(ctx: click.Context, demo_database_url: str | None, broker_url: str | None, jobs: int,
+         copies: int, workers: int, concurrency: int, timeout: float, as_json: bool) -> None:
+    """Race a naive check-then-act task against ClaimTask under duplicate delivery.
+
+    Starts worker processes, publishes every job several times at once, and
+    counts the charges each version made. Exits 1 if ClaimTask double-charged
+    or lost a job.
+    """
+    from celery_claim import demo as demo_module
+
+    url = demo_database_url or ctx.meta["celery_claim.options"]["database_url"]
+    options = demo_module.DemoOptions(
+        database_url=url, broker_url=broker_url, jobs=jobs, copies=copies, workers=workers,
+        concurrency=concurrency, timeout=timeout)
+    with _errors():
+        try:
+            report = demo_module.run(options, quiet=as_json)
+        except demo_module.DemoError as exc:
+            raise CommandError(str(exc)) from exc
+    if as_json:
+        _print_json(report.as_dict())
+    if not report.ok:
+        raise CommandError("ClaimTask " + report.failure_reason())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

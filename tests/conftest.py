@@ -1,0 +1,138 @@
+"""Shared fixtures: real services, isolated tables, Celery apps for the tests.
+
+Real-service fixtures skip a test when the service is down locally, and fail
+it in CI (``CI=true``): nothing is silently skipped where it counts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+
+from celery_claim import ClaimStore
+
+DATABASE_URL = os.environ.get(
+    "CELERY_CLAIM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CELERY_CLAIM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    message = f"{what} is not reachable: {exc}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: real services are required)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """The PostgreSQL server the integration tests use."""
+    engine = sa.create_engine(DATABASE_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        unavailable(f"PostgreSQL at {DATABASE_URL}", exc)
+    finally:
+        engine.dispose()
+    return DATABASE_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis server the integration tests use as broker."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:
+        unavailable(f"Redis at {REDIS_URL}", exc)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+def unique(prefix: str = "claims") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def table_name() -> str:
+    """A table name no other test uses."""
+    return unique()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    return f"sqlite:///{tmp_path}/claims.sqlite3"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Each dialect in turn: the same semantics through the same code."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/claims.sqlite3"
+    return str(request.getfixturevalue("database_url"))
+
+
+def _drop(url: str, table: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}_fx"'))
+    except sa.exc.OperationalError:
+        pass  # a test of an unreachable database
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_store(database_url: str, table_name: str) -> Iterator[ClaimStore]:
+    """A claim store on PostgreSQL with its own fresh table."""
+    store = ClaimStore(database_url, table=table_name)
+    store.create_schema()
+    yield store
+    store.dispose()
+    _drop(database_url, table_name)
+
+
+@pytest.fixture
+def store(any_url: str, table_name: str) -> Iterator[ClaimStore]:
+    """A claim store on each dialect with its own fresh table."""
+    store = ClaimStore(any_url, table=table_name)
+    store.create_schema()
+    yield store
+    store.dispose()
+    _drop(any_url, table_name)
+
+
+@pytest.fixture
+def make_app(table_name: str) -> Iterator[Callable[..., Celery]]:
+    """Build a Celery app whose claim store is ``url`` with this test's table."""
+    made: list[tuple[Celery, str]] = []
+
+    def make(url: str, **conf: Any) -> Celery:
+        app = Celery(unique("app"), broker="memory://", backend="cache+memory://",
+                     set_as_current=False)
+        app.conf.update(claim_database_url=url, claim_table=table_name, **conf)
+        made.append((app, url))
+        return app
+
+    yield make
+    from celery_claim import task as task_module
+
+    for app, url in made:
+        for key, store in list(task_module._stores.items()):
+            if key[1] == table_name:
+                store.dispose()
+                del task_module._stores[key]
+        _drop(url, table_name)
+        app.close()

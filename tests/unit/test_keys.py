@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import inspect
+import uuid
+
+import pytest
+
+from celery_claim import ClaimConfigurationError, ClaimKeyError
+from celery_claim.keys import DEFAULT_KEY, KeyBuilder, payload_digest
+
+
+def charge(order_id: int, amount_cents: int, currency: str = "EUR") -> None: ...
+
+
+SIG = inspect.signature(charge)
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+def test_default_key_is_task_name_and_id() -> None:
+    assert KeyBuilder("billing.charge", SIG, DEFAULT_KEY).build("abc", (1, 2), {}) == \
+        "billing.charge:abc"
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [
+    ((7, 100), {}), ((7,), {"amount_cents": 100}), ((), {"order_id": 7, "amount_cents": 100}),
+])
+def test_template_binds_positional_keyword_and_defaults(args: tuple, kwargs: dict) -> None:
+    builder = KeyBuilder("charge", SIG, "charge:{order_id}:{currency}")
+    assert builder.build("id", args, kwargs) == "charge:7:EUR"
+
+
+def test_template_may_use_task_name_and_id() -> None:
+    builder = KeyBuilder("charge", SIG, "{task_name}/{order_id}/{task_id}")
+    assert builder.build("t1", (7, 1), {}) == "charge/7/t1"
+
+
+def test_template_naming_unknown_argument_is_a_configuration_error() -> None:
+    with pytest.raises(ClaimConfigurationError, match=r"\{order\}, which is not an argument"):
+        KeyBuilder("charge", SIG, "charge:{order}")
+
+
+def test_positional_template_fields_are_refused() -> None:
+    with pytest.raises(ClaimConfigurationError, match="must name arguments"):
+        KeyBuilder("charge", SIG, "charge:{}")
+
+
+def test_malformed_template_is_refused() -> None:
+    with pytest.raises(ClaimConfigurationError, match="not a valid format string"):
+        KeyBuilder("charge", SIG, "charge:{order_id")
+
+
+@pytest.mark.parametrize("value", [
+    7, "x", decimal.Decimal("1.50"), uuid.UUID(int=5), datetime.date(2026, 1, 2), Color.RED,
+])
+def test_stable_values_format(value: object) -> None:
+    assert KeyBuilder("c", SIG, "c:{order_id}").build("i", (value, 1), {}).startswith("c:")
+
+
+@pytest.mark.parametrize("value", [object(), None, 1.5, [1, 2], True])
+def test_values_without_stable_text_are_refused(value: object) -> None:
+    with pytest.raises(ClaimKeyError, match="callable claim_key"):
+        KeyBuilder("c", SIG, "c:{order_id}").build("i", (value, 1), {})
+
+
+def test_callable_key() -> None:
+    builder = KeyBuilder("c", SIG, lambda order_id, amount_cents, currency="EUR": f"o{order_id}")
+    assert builder.build("i", (3, 4), {}) == "o3"
+
+
+def test_callable_key_must_return_text() -> None:
+    builder = KeyBuilder("c", SIG, lambda *a, **k: 5)
+    with pytest.raises(ClaimKeyError, match="non-empty str"):
+        builder.build("i", (3, 4), {})
+
+
+def test_over_long_key_is_a_clear_error() -> None:
+    builder = KeyBuilder("c", SIG, "c:{currency}")
+    with pytest.raises(ClaimKeyError, match="longer than 512"):
+        builder.build("i", (1, 2, "x" * 600), {})
+
+
+def test_digest_is_canonical() -> None:
+    a = payload_digest({"order_id": 1, "meta": {"b": 2, "a": {3, 1}}})
+    b = payload_digest({"meta": {"a": {1, 3}, "b": 2}, "order_id": 1})
+    assert a == b
+    assert len(a or "") == 64
+    assert a != payload_digest({"order_id": 2, "meta": {"b": 2, "a": {3, 1}}})
+
+
+def test_digest_of_unstable_argument_is_none() -> None:
+    assert payload_digest({"obj": object()}) is None

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from celery import Celery
+
+from celery_claim import ClaimConfigurationError, ClaimTask
+from celery_claim.settings import OPTIONS, from_sources
+
+URL = "sqlite:///x.db"
+
+
+def test_defaults() -> None:
+    s = from_sources({}, {"claim_database_url": URL}, environ={})
+    assert (s.table, s.lease_seconds, s.on_running, s.on_failure) == (
+        "celery_claims", 60.0, "defer", "release")
+    assert s.heartbeat and s.store_result and s.check_payload and s.create_schema and s.enabled
+    assert s.ttl_seconds == 7 * 24 * 3600
+
+
+def test_precedence_task_over_app_over_environment() -> None:
+    env = {"CELERY_CLAIM_LEASE_SECONDS": "30", "CELERY_CLAIM_DATABASE_URL": URL,
+           "CELERY_CLAIM_TABLE": "env_t"}
+    s = from_sources({"claim_lease_seconds": 10}, {"claim_lease_seconds": 20}, environ=env)
+    assert s.lease_seconds == 10
+    s = from_sources({}, {"claim_lease_seconds": 20}, environ=env)
+    assert (s.lease_seconds, s.table, s.database_url) == (20, "env_t", URL)
+    assert from_sources({}, {}, environ=env).lease_seconds == 30
+
+
+def test_unknown_app_key_has_a_suggestion() -> None:
+    with pytest.raises(ClaimConfigurationError, match="did you mean 'claim_lease_seconds'"):
+        from_sources({}, {"claim_database_url": URL, "claim_lease_second": 5}, environ={})
+
+
+def test_unknown_environment_key_has_a_suggestion() -> None:
+    with pytest.raises(ClaimConfigurationError, match="did you mean 'claim_on_running'"):
+        from_sources({}, {"claim_database_url": URL}, environ={"CELERY_CLAIM_ON_RUNING": "x"})
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("claim_lease_seconds", 0, "at least 1"),
+    ("claim_lease_seconds", "soon", "number of seconds"),
+    ("claim_on_running", "deffer", "did you mean 'defer'"),
+    ("claim_on_failure", "retry", "must be one of"),
+    ("claim_table", "claims; drop table x", "plain identifier"),
+    ("claim_table", "a.b.c", "plain identifier"),
+    ("claim_heartbeat", "maybe", "boolean"),
+    ("claim_database_url", "postgres", "SQLAlchemy URL"),
+])
+def test_bad_values_are_clear_errors(name: str, value: object, message: str) -> None:
+    with pytest.raises(ClaimConfigurationError, match=message):
+        from_sources({}, {"claim_database_url": URL, name: value}, environ={})
+
+
+def test_timedelta_and_schema_table_accepted() -> None:
+    s = from_sources({}, {"claim_database_url": URL, "claim_ttl_seconds": datetime.timedelta(
+        hours=1), "claim_table": "ops.claims"}, environ={})
+    assert (s.ttl_seconds, s.table) == (3600.0, "ops.claims")
+
+
+def test_missing_store_is_a_clear_error() -> None:
+    with pytest.raises(ClaimConfigurationError, match="claim_database_url"):
+        from_sources({}, {}, environ={})
+
+
+def test_every_option_is_documented_in_the_task_class() -> None:
+    assert all(hasattr(ClaimTask, name) for name in OPTIONS)
+
+
+def test_unknown_task_option_fails_at_declaration() -> None:
+    app = Celery(set_as_current=False)
+    with pytest.raises(ClaimConfigurationError, match="did you mean 'claim_lease_seconds'"):
+        @app.task(base=ClaimTask, claim_lease_secs=5, shared=False)
+        def job() -> None: ...
+        app.finalize()
+        _ = app.tasks[job.name]
+
+
+def test_bad_task_option_value_fails_at_declaration() -> None:
+    app = Celery(set_as_current=False)
+    with pytest.raises(ClaimConfigurationError, match="must be one of"):
+        @app.task(base=ClaimTask, claim_on_running="wait", shared=False)
+        def job() -> None: ...
+        _ = job.name
+
+
+def test_key_template_checked_against_task_signature_at_declaration() -> None:
+    app = Celery(set_as_current=False)
+    with pytest.raises(ClaimConfigurationError, match="not an argument of the task"):
+        @app.task(base=ClaimTask, bind=True, claim_key="c:{order}", shared=False)
+        def job(self: ClaimTask, order_id: int) -> None: ...
+        _ = job.name
+
+
+def test_django_namespace_maps_to_claim_settings() -> None:
+    class DjangoSettings:
+        CELERY_CLAIM_DATABASE_URL = URL
+        CELERY_CLAIM_LEASE_SECONDS = 12
+
+    app = Celery(set_as_current=False)
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+
+    @app.task(base=ClaimTask, shared=False)
+    def job() -> None: ...
+
+    resolved = app.tasks[job.name].claim_settings
+    assert (resolved.database_url, resolved.lease_seconds) == (URL, 12)
+
+
+def test_app_wide_task_cls() -> None:
+    app = Celery(set_as_current=False, task_cls="celery_claim:ClaimTask")
+    app.conf.claim_database_url = URL
+
+    @app.task(shared=False)
+    def job() -> None: ...
+
+    assert isinstance(app.tasks[job.name], ClaimTask)
+    assert app.tasks[job.name].acks_late is True
+    assert app.tasks[job.name].reject_on_worker_lost is True
