@@ -32,8 +32,10 @@ class Leased(Protocol):
 
     key: str
     token: int
-    store: ClaimStore
     lease_seconds: float
+
+    @property
+    def store(self) -> ClaimStore: ...
 
     def mark_lost(self, where: str) -> None: ...
 

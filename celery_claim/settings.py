@@ -144,9 +144,7 @@ def app_config(conf: Mapping[str, Any]) -> dict[str, Any]:
     Celery's ``conf.get`` maps them to ``claim_*``.
     """
     for name in list(conf.keys()):
-        if not isinstance(name, str):
-            continue
-        lowered = name.lower()
+        lowered = str(name).lower()
         if lowered.startswith("celery_claim_"):
             lowered = lowered[len("celery_"):]
         if lowered.startswith("claim_"):

@@ -11,8 +11,8 @@ import queue as queue_module
 from collections import Counter, defaultdict
 
 import pytest
-
 import racers
+
 from celery_claim import ClaimStore
 
 RACERS = 8

@@ -82,7 +82,8 @@ def test_first_delivery_runs_and_stores_the_result(app: Celery, events: list) ->
     assert record is not None
     assert (record.state, record.token, record.result, record.lease_expires_at) == (
         "succeeded", 1, {"charged": 100}, None)
-    assert record.finished_at is not None and record.expires_at is not None
+    assert record.finished_at is not None
+    assert record.expires_at is not None
     assert names(events) == ["claim_acquired", "claim_completed"]
 
 

@@ -15,7 +15,7 @@ def test_defaults() -> None:
     s = from_sources({}, {"claim_database_url": URL}, environ={})
     assert (s.table, s.lease_seconds, s.on_running, s.on_failure) == (
         "celery_claims", 60.0, "defer", "release")
-    assert s.heartbeat and s.store_result and s.check_payload and s.create_schema and s.enabled
+    assert all((s.heartbeat, s.store_result, s.check_payload, s.create_schema, s.enabled))
     assert s.ttl_seconds == 7 * 24 * 3600
 
 

@@ -12,7 +12,8 @@ DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
 @pytest.mark.parametrize("name", sql.STATEMENTS)
 def test_every_named_statement_compiles(name: str, dialect: str) -> None:
     description, _ = sql.STATEMENTS[name]
-    assert description and "\n" not in description
+    assert description
+    assert "\n" not in description
     text = str(sql.Statements(sql.claims, dialect)[name].compile(dialect=DIALECTS[dialect]))
     assert "celery_claims" in text
     assert "now()" not in text.lower().replace("statement_timestamp()", "")
