@@ -7,8 +7,11 @@ and a TCP proxy that can make PostgreSQL or Redis unreachable. They need Linux
 * :class:`WorkerProcess`: one ``celery worker`` in its own process group.
 * :class:`TcpProxy`: a TCP proxy whose link can be cut and restored.
 * :class:`RedisServer`: a ``redis-server`` to stop, crash and restart.
+* :func:`stop_all`: warm-shut-down many workers in parallel.
+* :func:`wait_until_drained`: nothing queued, nothing unacknowledged, no
+  claim running (the end of a scenario).
 * :func:`wait_for`, :func:`publish_duplicates`, :func:`queue_length`,
-  :func:`process_alive`, :func:`free_port`.
+  :func:`unacked_length`, :func:`process_alive`, :func:`free_port`.
 
 Isolation between tests on one Redis database: give each test its own queue
 *and* its own kombu key prefix (``broker_transport_options={"global_keyprefix":
@@ -46,6 +49,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from celery.utils.nodenames import default_nodename, host_format
+
 if TYPE_CHECKING:
     from celery import Celery, Task
     from typing_extensions import Self
@@ -63,11 +68,12 @@ __all__ = [
     "publish_duplicates",
     "queue_length",
     "stop_all",
+    "unacked_length",
     "wait_for",
+    "wait_until_drained",
 ]
 
 T = TypeVar("T")
-Pool = Literal["prefork", "threads", "solo"]
 StrPath = str | os.PathLike[str]
 
 #: Worker options that skip the start-up handshakes a test does not need
@@ -79,21 +85,21 @@ FAST_WORKER_ARGS: tuple[str, ...] = (
 )
 
 _READY_MARKER = "celery-claim-testing: consumer ready"
-# Runs the ``celery`` command with a worker_ready handler that writes a marker
+# The ``celery`` command plus a worker_ready handler that writes a marker
 # straight to fd 2 (Celery redirects sys.stderr to logging), so readiness does
 # not depend on the worker's log level.
-_BOOTSTRAP = f"""\
-import os, sys
-from celery import signals
-from celery.__main__ import main
-
-def _ready(sender=None, **kwargs):
-    os.write(2, {(_READY_MARKER + chr(10)).encode()!r})
-
-signals.worker_ready.connect(_ready, weak=False)
-sys.argv[0] = "celery"
-main()
-"""
+_BOOTSTRAP = "; ".join(
+    [
+        "import os, sys",
+        "from celery import signals",
+        "from celery.__main__ import main",
+        "signals.worker_ready.connect("
+        f"lambda sender=None, **kw: os.write(2, {(_READY_MARKER + chr(10)).encode()!r}), "
+        "weak=False)",
+        "sys.argv[0] = 'celery'",
+        "main()",
+    ]
+)
 
 
 class WaitTimeout(AssertionError, TimeoutError):
@@ -170,6 +176,11 @@ class WorkerProcess:
     returns it. ``env`` is merged onto ``os.environ``; ``pythonpath`` entries
     are put in front of ``PYTHONPATH`` so the test's app module imports.
 
+    ``pool`` is any Celery pool (``prefork``, ``threads``, ``solo``, ...).
+    ``hostname`` is expanded as ``-n`` is (``"w1@%h"``; a value without ``@``
+    is a host under ``celery@``); the default is unique per worker. ``args`` are extra
+    ``celery worker`` options, by default :data:`FAST_WORKER_ARGS`.
+
     Use it as a context manager (started and ready on entry, stopped on exit),
     or call :meth:`start` and :meth:`ready`, then :meth:`stop` or :meth:`close`.
     The worker is killed at interpreter exit if it is still running.
@@ -183,7 +194,7 @@ class WorkerProcess:
         self,
         app: str,
         *,
-        pool: Pool = "prefork",
+        pool: str = "prefork",
         concurrency: int = 1,
         queues: Sequence[str] = (),
         hostname: str | None = None,
@@ -200,9 +211,8 @@ class WorkerProcess:
         self.pool = pool
         self.concurrency = concurrency
         self.queues = tuple(queues)
-        self.hostname = hostname or (
-            f"w{next(self._numbers)}-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        )
+        default = f"w{next(self._numbers)}-{uuid.uuid4().hex[:8]}@%h"
+        self.hostname: str = host_format(default_nodename(hostname or default))
         self.loglevel = loglevel
         self.prefetch_multiplier = prefetch_multiplier
         self.extra_env = dict(env or {})
@@ -211,16 +221,19 @@ class WorkerProcess:
         self.cwd = cwd
         self.python = python
         self._own_log = log_path is None
-        self.log_path = Path(log_path) if log_path is not None else self._new_log_file()
+        self.log_path = Path(log_path) if log_path is not None else None
         self._log_offset = 0
         self._closed_log: str | None = None
         self._popen: subprocess.Popen[bytes] | None = None
 
-    def _new_log_file(self) -> Path:
-        name = self.hostname.partition("@")[0]
-        fd, path = tempfile.mkstemp(prefix=f"celery-{name}-", suffix=".log")
-        os.close(fd)
-        return Path(path)
+    def _log_file(self) -> Path:
+        """The log file, a new temporary file unless one was given."""
+        if self.log_path is None:
+            name = self.hostname.partition("@")[0]
+            fd, path = tempfile.mkstemp(prefix=f"celery-{name}-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(path)
+        return self.log_path
 
     @property
     def name(self) -> str:
@@ -250,7 +263,7 @@ class WorkerProcess:
             raise RuntimeError(f"worker {self.hostname} is closed")
         if self._popen is not None and self._popen.returncode is None:
             raise RuntimeError(f"worker {self.hostname} is already started")
-        with self.log_path.open("ab") as log:
+        with self._log_file().open("ab") as log:
             self._log_offset = log.tell()
             self._popen = subprocess.Popen(
                 self.command(),
@@ -317,6 +330,8 @@ class WorkerProcess:
         """Everything the worker wrote, over all its starts."""
         if self._closed_log is not None:
             return self._closed_log
+        if self.log_path is None:
+            return ""
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -327,6 +342,8 @@ class WorkerProcess:
         return "\n".join(self.logs().splitlines()[-lines:])
 
     def _log_since_start(self) -> str:
+        if self.log_path is None:
+            return ""
         try:
             with self.log_path.open("rb") as log:
                 log.seek(self._log_offset)
@@ -349,13 +366,15 @@ class WorkerProcess:
         ``os.getpid()`` (to Redis, a file, a table) and pass that pid to
         :meth:`pause`, :meth:`resume` or :meth:`kill`.
         """
-        main = self.pid
-        return sorted(pid for pid, ppid, _ in _live_processes() if ppid == main)
+        if self.returncode is not None:
+            return []
+        return sorted(pid for pid, ppid, _ in _live_processes() if ppid == self.pid)
 
     def group_pids(self) -> list[int]:
         """Live processes of the worker's process group (main process included)."""
-        main = self.pid
-        return sorted(pid for pid, _, group in _live_processes() if group == main)
+        if self.returncode is not None:
+            return []
+        return sorted(pid for pid, _, group in _live_processes() if group == self.pid)
 
     def send_signal(self, sig: int, pid: int | None = None) -> None:
         """Send ``sig`` to the whole process group, or only to ``pid`` in it."""
@@ -434,7 +453,7 @@ class WorkerProcess:
     def close(self) -> None:
         """Stop the worker and delete the log file it created; :meth:`logs` still works."""
         self.stop()
-        if self._own_log and self._closed_log is None:
+        if self._own_log and self.log_path is not None and self._closed_log is None:
             self._closed_log = self.logs()
             self.log_path.unlink(missing_ok=True)
 
@@ -505,7 +524,7 @@ class _Link:
         self.silenced = False
 
     def abort(self) -> None:
-        """Reset both sides (RST, not FIN) and wake any thread blocked on them."""
+        """Close both sides at once (FIN then RST) and wake the threads blocked on them."""
         for sock in (self.client, self.upstream):
             if sock is None:
                 continue
@@ -622,6 +641,22 @@ class TcpProxy:
         for link in silenced:
             link.abort()
 
+    def upstream_ports(self) -> set[int]:
+        """Local ports of the proxy's connections to the target.
+
+        The server sees them as the client's ports (PostgreSQL's
+        ``pg_stat_activity.client_port``), so a test can pick out the
+        sessions that came through this proxy, for example to end them with
+        ``pg_terminate_backend``.
+        """
+        with self._cond:
+            links = list(self._links)
+        ports = set()
+        for link in links:
+            with contextlib.suppress(OSError, AttributeError):
+                ports.add(link.upstream.getsockname()[1])  # type: ignore[union-attr]
+        return ports
+
     def drop_connections(self) -> None:
         """Reset every current connection; new ones are accepted as before."""
         with self._cond:
@@ -667,6 +702,9 @@ class TcpProxy:
             try:
                 client, _ = listener.accept()
             except TimeoutError:
+                continue
+            except OSError:
+                time.sleep(0.05)
                 continue
             client.setblocking(True)
             self._admit(client)
@@ -917,6 +955,70 @@ def queue_length(redis_url: str, queue: str, *, key_prefix: str = "") -> int:
             return sum(int(n) for n in pipe.execute())
     finally:
         client.close()
+
+
+def unacked_length(redis_url: str, *, key_prefix: str = "") -> int:
+    """Messages delivered to workers and not acknowledged yet, over every queue.
+
+    kombu's Redis transport keeps them in one ``unacked`` hash per database
+    (per ``global_keyprefix``): messages running with ``acks_late``, messages
+    prefetched by a worker, and ETA/countdown messages a worker holds until
+    their time. Those older than ``visibility_timeout`` are put back in their
+    queue and delivered again.
+    """
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.hlen(f"{key_prefix}unacked"))
+    finally:
+        client.close()
+
+
+def wait_until_drained(
+    redis_url: str,
+    queues: str | Sequence[str],
+    *,
+    key_prefix: str = "",
+    store: Any = None,
+    settle: float = 1.0,
+    timeout: float = 120.0,
+    interval: float = 0.2,
+) -> None:
+    """Wait until the work is done: nothing queued, nothing unacknowledged, no claim running.
+
+    ``queues`` are the Redis queues to watch; unacknowledged messages are
+    counted over all of them (see :func:`unacked_length`). With ``store`` (a
+    :class:`~celery_claim.ClaimStore`), a claim still ``running`` also counts
+    as work in progress: a running claim that no message will ever come back
+    for is a lost job, and this wait then times out. All of it must hold for
+    ``settle`` seconds in a row (a message is briefly in neither list while a
+    worker moves it). Raises :class:`WaitTimeout` with the last counts.
+    """
+    names = [queues] if isinstance(queues, str) else list(queues)
+    last: dict[str, int] = {}
+    quiet_since: list[float] = []
+
+    def drained() -> bool:
+        last["queued"] = sum(queue_length(redis_url, q, key_prefix=key_prefix) for q in names)
+        last["unacked"] = unacked_length(redis_url, key_prefix=key_prefix)
+        last["running claims"] = (
+            len(store.list_claims(state="running", limit=100)) if store is not None else 0
+        )
+        if any(last.values()):
+            quiet_since.clear()
+            return False
+        if not quiet_since:
+            quiet_since.append(time.monotonic())
+        return time.monotonic() - quiet_since[0] >= settle
+
+    wait_for(
+        drained,
+        timeout,
+        interval,
+        message=lambda: "work still in progress: "
+        + ", ".join(f"{count} {what}" for what, count in last.items()),
+    )
 
 
 class LocalWorkerContainer:
