@@ -33,7 +33,7 @@ __all__ = ["DemoConfig", "DemoTables", "make_app"]
 #: How long "charging the card" takes: the race window of the naive task.
 PROVIDER_SECONDS = 0.03
 #: A short lease, so duplicates deferred behind a running holder come back soon.
-LEASE_SECONDS = 2.0
+LEASE_SECONDS = 1.0
 NAIVE, CLAIM = "naive", "claim"
 
 
@@ -122,6 +122,8 @@ class DemoTables:
 def make_app(config: DemoConfig) -> Celery:
     """The demo app with both tasks registered."""
     app = Celery("celery_claim_demo", broker=config.broker_url, set_as_current=False)
+    if config.broker_url.startswith("filesystem"):
+        app.conf.broker_transport = "celery_claim._demo_transport:Transport"
     app.conf.update(
         broker_transport_options=config.transport_options(),
         broker_connection_retry_on_startup=True,
@@ -136,7 +138,7 @@ def make_app(config: DemoConfig) -> Celery:
     )
     tables = DemoTables(config.name)
 
-    @app.task(base=ClaimTask, bind=True, name="demo.claim_charge",
+    @app.task(base=ClaimTask, bind=True, name="demo.claim_charge",  # type: ignore[untyped-decorator]
               claim_key="charge:{order_id}", claim_lease_seconds=LEASE_SECONDS)
     def claim_charge(self: Any, order_id: int, amount_cents: int) -> str:
         time.sleep(PROVIDER_SECONDS)  # charge the card, with self.claim.idempotency_key
@@ -145,7 +147,7 @@ def make_app(config: DemoConfig) -> Celery:
             tables.charge(conn, CLAIM, order_id, amount_cents)
         return "charged"
 
-    @app.task(name="demo.naive_charge", acks_late=True)
+    @app.task(name="demo.naive_charge", acks_late=True)  # type: ignore[untyped-decorator]
     def naive_charge(order_id: int, amount_cents: int) -> str:
         engine = claim_charge.claim_store.engine
         orders = tables.orders
@@ -161,14 +163,23 @@ def make_app(config: DemoConfig) -> Celery:
             tables.charge(conn, NAIVE, order_id, amount_cents)
         return "charged"
 
-    @signals.claim_duplicate.connect(weak=False)
+    def record(sender: Any, key: str, outcome: str) -> None:
+        if getattr(sender, "app", None) is app:
+            with claim_charge.claim_store.engine.begin() as conn:
+                tables.record(conn, CLAIM, int(key.rpartition(":")[2]), outcome)
+
+    @signals.claim_duplicate.connect(weak=False)  # type: ignore[untyped-decorator]
     def _count_duplicate(sender: Any = None, key: str = "", outcome: str = "",
                          **_: Any) -> None:
         # A deferred duplicate comes back later and is counted then.
-        if getattr(sender, "app", None) is not app or outcome == "running-deferred":
-            return
-        with claim_charge.claim_store.engine.begin() as conn:
-            tables.record(conn, CLAIM, int(key.rpartition(":")[2]), outcome)
+        if outcome != "running-deferred":
+            record(sender, key, outcome)
+
+    @signals.claim_lost.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _count_lost(sender: Any = None, key: str = "", **_: Any) -> None:
+        # A holder stalled past its lease: another delivery took over and charged;
+        # this one's completion and its atomic() writes are discarded. Sent once.
+        record(sender, key, "lost")
 
     return app
 

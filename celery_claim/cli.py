@@ -40,7 +40,7 @@ class CommandError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(" ".join(message.split()))
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
         click.echo(f"celery-claim: error: {self.format_message()}", err=True)
@@ -399,10 +399,13 @@ def stats(ctx: click.Context, as_json: bool) -> None:
               help="Prefork pool processes per worker.")
 @click.option("--timeout", type=click.FloatRange(5), default=180.0, show_default=True,
               help="Give up after this many seconds per side.")
+@click.option("--keep", is_flag=True,
+              help="Keep the demo's tables, temporary directory and worker logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
 def demo(ctx: click.Context, demo_database_url: str | None, broker_url: str | None, jobs: int,
-         copies: int, workers: int, concurrency: int, timeout: float, as_json: bool) -> None:
+         copies: int, workers: int, concurrency: int, timeout: float, keep: bool,
+         as_json: bool) -> None:
     """Race a naive check-then-act task against ClaimTask under duplicate delivery.
 
     Starts worker processes, publishes every job several times at once, and
@@ -414,7 +417,7 @@ def demo(ctx: click.Context, demo_database_url: str | None, broker_url: str | No
     url = demo_database_url or ctx.meta["celery_claim.options"]["database_url"]
     options = demo_module.DemoOptions(
         database_url=url, broker_url=broker_url, jobs=jobs, copies=copies, workers=workers,
-        concurrency=concurrency, timeout=timeout)
+        concurrency=concurrency, timeout=timeout, keep=keep)
     with _errors():
         try:
             report = demo_module.run(options, quiet=as_json)

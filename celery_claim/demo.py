@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,6 +51,7 @@ class DemoOptions:
     workers: int = 2
     concurrency: int = 2
     timeout: float = 180.0
+    keep: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +77,7 @@ class SideResult:
 
 @dataclasses.dataclass(frozen=True)
 class DemoReport:
+    name: str
     claim_store: str
     broker: str
     processes: int
@@ -90,7 +94,7 @@ class DemoReport:
                 f"{self.claim.lost} job(s)")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"claim_store": self.claim_store, "broker": self.broker,
+        return {"name": self.name, "claim_store": self.claim_store, "broker": self.broker,
                 "processes": self.processes, "naive": self.naive.as_dict(),
                 "claim": self.claim.as_dict(), "ok": self.ok}
 
@@ -111,9 +115,11 @@ class _Run:
 
     def __init__(self, options: DemoOptions, stack: ExitStack) -> None:
         self.options = options
+        self.workers: list[_DemoWorker] = []
         name = uuid.uuid4().hex[:8]
         self.tmp = Path(tempfile.mkdtemp(prefix="celery-claim-demo-"))
-        stack.callback(shutil.rmtree, self.tmp, ignore_errors=True)
+        if not options.keep:
+            stack.callback(shutil.rmtree, self.tmp, ignore_errors=True)
         database_url = options.database_url or f"sqlite:///{self.tmp / 'claims.db'}"
         broker_url = options.broker_url or "filesystem://"
         self.config = _demo_app.DemoConfig(name=name, database_url=database_url,
@@ -129,9 +135,10 @@ class _Run:
         self.store = ClaimStore(database_url, table=self.config.claims_table)
         stack.callback(self.store.dispose)
         self.store.create_schema()
-        stack.callback(self.store.drop_schema)
         self.tables.metadata.create_all(self.store.engine)
-        stack.callback(self.tables.metadata.drop_all, self.store.engine)
+        if not options.keep:
+            stack.callback(self.store.drop_schema)
+            stack.callback(self.tables.metadata.drop_all, self.store.engine)
         if broker_url.startswith("redis"):
             stack.callback(_delete_redis_keys, broker_url, f"{self.config.queue}:")
         self.app = _demo_app.make_app(self.config)
@@ -147,14 +154,24 @@ class _Run:
                                concurrency=self.options.concurrency,
                                queues=[self.config.queue], loglevel="WARNING",
                                env=self.config.env(),
+                               log_path=self.tmp / f"worker{n}.log" if self.options.keep
+                               else None,
                                hostname=f"demo{n}-{self.config.name}@%h")
                    for n in range(1, self.options.workers + 1)]
+        self.workers = workers
         for worker in workers:
             stack.callback(worker.close)
             stack.callback(worker.kill)
             worker.start()
         for worker in workers:
             worker.ready(timeout=60)
+
+    def check_workers(self) -> None:
+        """Fail fast, with the log's last line, if a worker process exited."""
+        for worker in self.workers:
+            if not worker.running:
+                tail = [line for line in worker.log_tail(20).splitlines() if line.strip()]
+                raise DemoError(f"worker {worker.name} exited: {tail[-1] if tail else '?'}")
 
     def publish(self, task_name: str) -> None:
         task = self.app.tasks[task_name]
@@ -202,8 +219,7 @@ def _delete_redis_keys(url: str, prefix: str) -> None:
 
 @contextmanager
 def _progress(quiet: bool) -> Iterator[Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description:<16}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("deliveries"), TimeElapsedColumn(),
@@ -212,8 +228,34 @@ def _progress(quiet: bool) -> Iterator[Any]:
         yield progress
 
 
+@contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit, so the workers and temp files are cleaned up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(options: DemoOptions, *, quiet: bool = False) -> DemoReport:
-    """Run the demo and return what each version did; prints progress and the table."""
+    """Run the demo and return what each version did; prints progress and the table.
+
+    Worker processes, temporary files, tables and Redis keys are removed when
+    it ends, also on Ctrl-C and SIGTERM.
+    """
+    with _exit_on_sigterm():
+        return _run(options, quiet)
+
+
+def _run(options: DemoOptions, quiet: bool) -> DemoReport:
     from rich.console import Console
 
     console = Console(stderr=quiet, quiet=quiet, highlight=False)
@@ -242,6 +284,7 @@ def run(options: DemoOptions, *, quiet: bool = False) -> DemoReport:
                 demo.publish(task_name)
                 while (count := demo.done(side)) < deliveries:
                     progress.update(bars[side], completed=count)
+                    demo.check_workers()
                     if time.monotonic() - started > options.timeout:
                         raise DemoError(f"{label}: only {count} of {deliveries} deliveries "
                                         f"were processed in {options.timeout:g}s")
@@ -249,7 +292,7 @@ def run(options: DemoOptions, *, quiet: bool = False) -> DemoReport:
                 progress.update(bars[side], completed=deliveries)
                 progress.stop_task(bars[side])
                 results[side] = demo.result(side, label, time.monotonic() - started)
-    report = DemoReport(claim_store=demo.store_text, broker=demo.broker_text,
+    report = DemoReport(name=demo.config.name, claim_store=demo.store_text, broker=demo.broker_text,
                         processes=processes, naive=results[_demo_app.NAIVE],
                         claim=results[_demo_app.CLAIM])
     if not quiet:
@@ -259,15 +302,17 @@ def run(options: DemoOptions, *, quiet: bool = False) -> DemoReport:
 
 def print_report(report: DemoReport, console: Any = None) -> None:
     """The results table and what it means."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console(highlight=False)
-    table = Table(title="duplicate delivery: the same jobs, two ways")
-    table.add_column("task")
-    for column in ("jobs", "deliveries", "double effects", "suppressed duplicates",
-                   "lost jobs", "throughput"):
-        table.add_column(column, justify="right")
+    table = Table(title="duplicate delivery: the same jobs, two ways", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    table.add_column("task", no_wrap=True)
+    for column in ("jobs", "deliveries", "double\neffects", "suppressed\nduplicates",
+                   "lost\njobs", "throughput"):
+        table.add_column(column, justify="right", no_wrap=True)
     for side in (report.naive, report.claim):
         style = "red" if side.double_effects or side.lost else "green"
         table.add_row(side.label, str(side.jobs), str(side.deliveries),
@@ -277,7 +322,9 @@ def print_report(report: DemoReport, console: Any = None) -> None:
     console.print(
         f"double effects = charges beyond one per order. check-then-act charged "
         f"{report.naive.charges} times for {report.naive.jobs} orders; ClaimTask "
-        f"{report.claim.charges} times.")
+        f"{report.claim.charges} times. ClaimTask's time includes duplicates deferred until "
+        f"the holder's lease ends (claim_on_running='defer'; the demo's lease is "
+        f"{_demo_app.LEASE_SECONDS:g}s).")
     if report.ok:
         console.print("[green]ClaimTask charged every order exactly once.[/]")
     else:

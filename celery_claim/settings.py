@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -22,6 +23,7 @@ OnRunning = Literal["defer", "skip", "raise"]
 OnFailure = Literal["release", "keep"]
 
 ENV_PREFIX = "CELERY_CLAIM_"
+logger = logging.getLogger("celery_claim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,16 +127,30 @@ def validate(name: str, value: Any) -> Any:
 
 
 def _environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``CELERY_CLAIM_*`` variables that name a setting.
+
+    Other variables with the prefix are not ours to reject (the prefix
+    ``CELERY_CLAIM_TEST_`` is used by test suites); a near miss of a setting's
+    name is logged once, with the suggestion.
+    """
     found = {}
     for env_name, value in environ.items():
-        if env_name.startswith(ENV_PREFIX):
-            name = "claim_" + env_name[len(ENV_PREFIX):].lower()
-            if name in ("claim_engine", "claim_key"):
-                continue
-            if name not in OPTIONS:
-                check_names([name], f"the environment ({env_name})")
-            found[name] = value
+        if not env_name.startswith(ENV_PREFIX):
+            continue
+        name = "claim_" + env_name[len(ENV_PREFIX):].lower()
+        if name in OPTIONS:
+            if name not in ("claim_engine", "claim_key"):
+                found[name] = value
+        elif not env_name.startswith(ENV_PREFIX + "TEST_") and env_name not in _warned:
+            _warned.add(env_name)
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            if close:
+                logger.warning("environment variable %s is not a celery-claim setting; "
+                               "did you mean %s?", env_name, ENV_PREFIX + close[0][6:].upper())
     return found
+
+
+_warned: set[str] = set()
 
 
 def app_config(conf: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,12 @@ def test_unknown_app_key_has_a_suggestion() -> None:
         from_sources({}, {"claim_database_url": URL, "claim_lease_second": 5}, environ={})
 
 
-def test_unknown_environment_key_has_a_suggestion() -> None:
-    with pytest.raises(ClaimConfigurationError, match="did you mean 'claim_on_running'"):
-        from_sources({}, {"claim_database_url": URL}, environ={"CELERY_CLAIM_ON_RUNING": "x"})
+def test_unknown_environment_variable_is_logged_with_a_suggestion(
+        caplog: pytest.LogCaptureFixture) -> None:
+    env = {"CELERY_CLAIM_ON_RUNING": "x", "CELERY_CLAIM_TEST_DATABASE_URL": "y"}
+    from_sources({}, {"claim_database_url": URL}, environ=env)
+    assert "did you mean CELERY_CLAIM_ON_RUNNING?" in caplog.text
+    assert "TEST_DATABASE_URL" not in caplog.text
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [

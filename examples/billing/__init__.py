@@ -1,0 +1,1 @@
+"""The duplicate-charge story: orders, a charge task, a producer that retries."""
