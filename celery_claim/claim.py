@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from celery_claim import errors
-from celery_claim.store import ClaimStore
+from celery_claim.store import ClaimStore, translate_errors
 
 __all__ = ["Claim"]
 
@@ -131,7 +131,8 @@ class Claim:
     def commit(self) -> None:
         if self._connection is not None:
             try:
-                self._connection.commit()
+                with translate_errors("commit", key=self.key):
+                    self._connection.commit()
             finally:
                 self._close()
 

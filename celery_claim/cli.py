@@ -125,7 +125,8 @@ class ClaimGroup(click.Group):
         if command is None and cmd_name == "soak":
             if importlib.util.find_spec("celery_claim.soak") is None:
                 return None
-            found = getattr(importlib.import_module("celery_claim.soak"), "command", None)
+            module = importlib.import_module("celery_claim.soak")
+            found = getattr(module, "command", None) or getattr(module, "soak", None)
             return found if isinstance(found, click.Command) else None
         return command
 

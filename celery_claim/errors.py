@@ -47,6 +47,11 @@ class ClaimKeyError(ClaimError, ValueError):
 class ClaimStoreError(ClaimError):
     """The claim store could not be reached or refused the statement."""
 
+    #: True when trying again later may succeed (the database or the network
+    #: was unavailable); False when the database refused the statement or
+    #: transaction itself (a constraint, an aborted transaction).
+    transient: bool = True
+
 
 class ClaimLost(ClaimError):
     """The claim was taken over by another worker after its lease lapsed.

@@ -80,6 +80,7 @@ class KeyBuilder:
         self.signature = signature
         self.key = key
         self.is_default = key == DEFAULT_KEY
+        self._names, self._defaults = _plain_parameters(signature)
         if isinstance(key, str):
             params = set(signature.parameters) if signature is not None else None
             for name in template_fields(key):
@@ -101,6 +102,17 @@ class KeyBuilder:
         """The call's arguments by name, defaults applied."""
         if self.signature is None:
             return {"args": list(args), "kwargs": dict(kwargs)}
+        names = self._names
+        if names is not None and len(args) <= len(names):
+            # The common signature (plain parameters): what Signature.bind
+            # does, without its cost. Anything unusual takes the full path.
+            values = dict(zip(names, args, strict=False))  # len(args) <= len(names)
+            if not kwargs and len(values) == len(names):
+                return values
+            if all(k in self._defaults or k in kwargs or k in values for k in names) and \
+                    all(k in names and k not in values for k in kwargs):
+                values.update(kwargs)
+                return {k: values[k] if k in values else self._defaults[k] for k in names}
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         return dict(bound.arguments)
@@ -134,6 +146,18 @@ class KeyBuilder:
                 task=self.task_name, length=len(key), key_start=key[:60],
             )
         return key
+
+
+def _plain_parameters(
+        signature: inspect.Signature | None) -> tuple[tuple[str, ...] | None, dict[str, Any]]:
+    """The parameter names and defaults, if every parameter is positional-or-keyword."""
+    if signature is None:
+        return None, {}
+    params = signature.parameters.values()
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None, {}
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return tuple(signature.parameters), defaults
 
 
 def _canonical(value: Any) -> Any:

@@ -53,6 +53,11 @@ class Heartbeat:
         self._cond = threading.Condition()
         self._due: dict[int, tuple[float, Leased]] = {}
         self._thread: threading.Thread | None = None
+        # When the waiting thread wakes by itself; None while it is not waiting.
+        self._sleeping_until: float | None = None
+        # How long the thread waits with nothing to renew: the shortest renewal
+        # interval seen, so that the next claim's renewal does not need a wake-up.
+        self._idle_wait = 3600.0
 
     def _check_fork(self) -> None:
         # A forked child inherits the parent's bookkeeping but not its thread.
@@ -63,12 +68,17 @@ class Heartbeat:
         """Start renewing ``claim``'s lease."""
         self._check_fork()
         with self._cond:
-            self._due[id(claim)] = (time.monotonic() + claim.lease_seconds / 3, claim)
+            due = time.monotonic() + claim.lease_seconds / 3
+            self._due[id(claim)] = (due, claim)
+            self._idle_wait = min(self._idle_wait, claim.lease_seconds / 3)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="celery-claim-heartbeat", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Wake the thread only if it would sleep past this claim's renewal:
+            # a wake-up per task costs a thread switch on the task's hot path.
+            if self._sleeping_until is not None and due < self._sleeping_until:
+                self._cond.notify()
 
     def drop(self, claim: Leased) -> None:
         """Stop renewing ``claim``'s lease (it completed or was released)."""
@@ -87,8 +97,11 @@ class Heartbeat:
                 now = time.monotonic()
                 due = [c for at, c in self._due.values() if at <= now]
                 if not due:
-                    timeout = min((at for at, _ in self._due.values()), default=now + 3600) - now
-                    self._cond.wait(timeout=max(timeout, 0.01))
+                    timeout = max(min((at for at, _ in self._due.values()),
+                                      default=now + self._idle_wait) - now, 0.01)
+                    self._sleeping_until = now + timeout
+                    self._cond.wait(timeout=timeout)
+                    self._sleeping_until = None
                     continue
             self._renew(due)
 

@@ -24,12 +24,16 @@ Metric names (all labelled by ``task``):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from celery_claim import signals
+from celery_claim.errors import ClaimStoreError
 from celery_claim.store import ClaimStore
+
+logger = logging.getLogger("celery_claim")
 
 __all__ = ["ClaimMetrics", "ClaimStoreCollector", "install", "uninstall"]
 
@@ -184,7 +188,14 @@ class ClaimStoreCollector:
                                        "Running claims whose lease has lapsed.",
                                        labels=["task"])
         stale_by_task: dict[str, int] = {}
-        for row in self.store.stats():
+        try:
+            rows = self.store.stats()
+        except ClaimStoreError as exc:
+            # One database outage must not take the whole scrape down (and
+            # with it the store-error counter that reports the outage).
+            logger.warning("claim metrics: could not read the claims table: %s", exc)
+            rows = []
+        for row in rows:
             claims.add_metric([row["task_name"], row["state"]], float(row["claims"]))
             stale_by_task[row["task_name"]] = (stale_by_task.get(row["task_name"], 0)
                                                + int(row["stale"]))

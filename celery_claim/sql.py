@@ -11,6 +11,7 @@ statements below are just as atomic there).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "MAX_KEY_LENGTH",
     "STATEMENTS",
+    "DriverStatement",
     "Statements",
     "make_table",
     "metadata",
@@ -143,7 +145,7 @@ def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> 
     return f"(strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.6f seconds', {seconds})) || '000')"
 
 
-class has_value(FunctionElement[Any]):  # noqa: N801 - reads as SQL
+class has_value(FunctionElement[Any]):
     """``column IS NOT NULL``, spelled so that SQLite's RETURNING gets it right."""
 
     type = sa.Boolean()
@@ -193,6 +195,8 @@ def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
         t.c.payload_digest.is_(None),
         x.payload_digest.is_(None),
         t.c.payload_digest == x.payload_digest,
+        # The same message again (a retry with new arguments): not another job.
+        t.c.task_id == x.task_id,
     )
     acquire: sa.Executable = stmt.on_conflict_do_update(
         index_elements=[t.c.key],
@@ -336,6 +340,65 @@ STATEMENTS: dict[str, tuple[str, Builder]] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class DriverStatement:
+    """A named statement compiled once to the driver's SQL, to run on a DBAPI cursor.
+
+    The constants SQLAlchemy bound as parameters are rendered into the SQL as
+    literals; what is left are the statement's own ``p_`` parameters, passed
+    by position in ``order`` (a name may repeat). ``processors`` are the bind
+    processors of typed parameters (JSON becomes the driver's JSON wrapper).
+    The store's hot path runs these without SQLAlchemy's per-call work.
+    """
+
+    name: str
+    sql: str
+    order: tuple[str, ...]
+    processors: dict[str, Callable[[Any], Any]]
+
+    @classmethod
+    def compile(cls, name: str, statement: sa.Executable,
+                dialect: sa.Dialect) -> DriverStatement | None:
+        """Compile ``statement``; ``None`` unless the driver takes ``%(name)s``
+        parameters and the SQL is fixed (no expanding IN)."""
+        if dialect.paramstyle != "pyformat":
+            return None
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        binds = {bind_name: bind for bind, bind_name in compiled.bind_names.items()}
+        if any(bind.expanding for bind in binds.values()):
+            return None
+        ours = {bind_name: None for bind_name in binds if bind_name.startswith("p_")}
+        constants = {k: v for k, v in compiled.construct_params(ours).items() if k not in ours}
+        order: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            bind_name = match.group(1)
+            if bind_name in ours:
+                order.append(bind_name[2:])
+                return "%s"
+            type_ = binds[bind_name].type.dialect_impl(dialect)
+            literal = type_.literal_processor(dialect)
+            if literal is None:
+                raise errors.ClaimConfigurationError(
+                    "cannot render a constant of the statement", statement=name, bind=bind_name)
+            return str(literal(constants[bind_name])).replace("%", "%%")
+
+        text = re.sub(r"%\((\w+)\)s", placeholder, str(compiled.string))
+        processors: dict[str, Callable[[Any], Any]] = {}
+        for bind_name in ours:
+            process = binds[bind_name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[bind_name[2:]] = process
+        return cls(name, text, tuple(order), processors)
+
+    def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        """The driver's parameters, by position, from the statement's own names."""
+        processors = self.processors
+        if processors:
+            values = {k: processors[k](v) if k in processors else v for k, v in values.items()}
+        return tuple([values[name] for name in self.order])
+
+
 class Statements:
     """The named statements built once for one table on one dialect."""
 
@@ -348,7 +411,16 @@ class Statements:
         self.table = table
         self.dialect = dialect
         self._built = {name: build(table, dialect) for name, (_, build) in STATEMENTS.items()}
+        self._driver: dict[str, DriverStatement | None] = {}
 
     def __getitem__(self, name: str) -> sa.Executable:
         statement: sa.Executable = self._built[name]
         return statement
+
+    def driver(self, name: str, dialect: sa.Dialect) -> DriverStatement | None:
+        """Statement ``name`` compiled for ``dialect``'s driver (built once)."""
+        try:
+            return self._driver[name]
+        except KeyError:
+            compiled = self._driver[name] = DriverStatement.compile(name, self[name], dialect)
+            return compiled

@@ -11,12 +11,13 @@ prefork children never share a socket with their parent.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +28,15 @@ from celery_claim import errors, sql
 __all__ = ["Acquired", "ClaimRecord", "ClaimStore", "translate_errors"]
 
 _UTC = datetime.timezone.utc
+
+try:  # the driver's own errors, raised by the hot path's driver connections
+    from psycopg import Error as _PsycopgError
+
+    _DRIVER_ERRORS: tuple[type[BaseException], ...] = (_PsycopgError,)
+except ImportError:  # pragma: no cover - SQLite-only installs
+    _DRIVER_ERRORS = ()
+_STORE_ERRORS: tuple[type[BaseException], ...] = (
+    sa.exc.DBAPIError, sa.exc.SQLAlchemyError, OSError, *_DRIVER_ERRORS)
 
 
 def _aware(value: datetime.datetime | None) -> datetime.datetime | None:
@@ -60,8 +70,9 @@ class ClaimRecord:
     db_now: datetime.datetime
 
     @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> ClaimRecord:
-        values = dict(row._mapping)
+    def from_row(cls, row: Any) -> ClaimRecord:
+        """From a SQLAlchemy ``Row`` or a driver's named tuple."""
+        values = row._asdict()
         for name in ("lease_expires_at", "created_at", "updated_at", "finished_at",
                      "expires_at", "db_now"):
             values[name] = _aware(values[name])
@@ -111,17 +122,38 @@ def translate_errors(operation: str, **context: object) -> Iterator[None]:
     """Turn driver and SQLAlchemy errors into :class:`ClaimStoreError`."""
     try:
         yield
-    except (sa.exc.DBAPIError, sa.exc.SQLAlchemyError, OSError) as exc:
+    except _STORE_ERRORS as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise errors.ClaimStoreError(
+        error = errors.ClaimStoreError(
             f"claim store {operation} failed: {reason[0] if reason else type(exc).__name__}",
             **context,
-        ) from exc
+        )
+        error.transient = _is_transient(exc)
+        raise error from exc
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Unavailable (try again later), or refused (the statement itself is at fault)."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig or exc
+    refused = (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError,
+               sa.exc.InternalError, sa.exc.NotSupportedError)
+    if isinstance(exc, refused):
+        return False
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - SQLite-only installs
+        return True
+    return not isinstance(exc, (psycopg.IntegrityError, psycopg.DataError,
+                                psycopg.ProgrammingError, psycopg.InternalError,
+                                psycopg.NotSupportedError))
 
 
 @dataclasses.dataclass(frozen=True)
 class _Outcome:
-    rows: list[sa.Row[Any]]
+    rows: list[Any]  # SQLAlchemy rows or named tuples: both have attributes and _asdict()
     rowcount: int
 
     @classmethod
@@ -129,12 +161,111 @@ class _Outcome:
         rows = list(result.all()) if result.returns_rows else []
         return cls(rows, result.rowcount)
 
-    def first(self) -> sa.Row[Any] | None:
+    def first(self) -> Any:
         return self.rows[0] if self.rows else None
 
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+#: The claim life cycle: every task runs these, so on PostgreSQL they go
+#: straight to a driver connection (see :class:`_DriverConnections`).
+_HOT_STATEMENTS = frozenset(("acquire", "note_duplicate", "get", "complete", "finish",
+                             "release"))
+
+
+class _DriverConnections:
+    """One autocommit driver connection per thread, for the hot statements.
+
+    Each connection comes from the engine (so its ``connect`` events run, and
+    the engine's URL and arguments apply) and is then detached from the pool:
+    it is the store's own, kept by the thread that uses it, closed by
+    :meth:`ClaimStore.dispose`. A forked child never touches its parent's
+    connections; it opens its own. Running a statement costs one round trip
+    and no SQLAlchemy work: no pool checkout, no isolation-level switch, no
+    compiled-cache lookup, no result object.
+
+    A process keeps at most as many as the engine's pool size; threads beyond
+    that (a green-thread pool) go through the engine's pool, which bounds them.
+    """
+
+    def __init__(self, engine: sa.Engine, engine_for_process: Callable[[], sa.Engine]) -> None:
+        self._engine = engine
+        self._engine_for_process = engine_for_process  # drops an inherited pool after a fork
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[list[Any]] = []  # [pid, connection, thread]
+        self._generation = 0
+        size = getattr(engine.pool, "size", None)
+        self.limit: int = size() if callable(size) else 8
+        self.errors: tuple[type[BaseException], ...] = (
+            engine.dialect.loaded_dbapi.Error, OSError)
+
+    def get(self) -> tuple[Any, Any] | None:
+        """This thread's driver connection and its cursor, opened on first use;
+        ``None`` when the process holds as many as it may."""
+        local = self._local
+        held = getattr(local, "connection", None)
+        if held is not None and local.pid == os.getpid() and local.generation == self._generation:
+            return held, local.cursor
+        slot = self._reserve()
+        if slot is None:
+            return None
+        try:
+            fairy = self._engine_for_process().raw_connection()
+            fairy.detach()
+            connection: Any = fairy.dbapi_connection
+            connection.autocommit = True
+            cursor = connection.cursor()
+        except BaseException:
+            with self._lock:
+                self._opened = [e for e in self._opened if e is not slot]
+            raise
+        with self._lock:
+            slot[1] = connection
+            local.connection, local.cursor, local.pid, local.generation = (
+                connection, cursor, os.getpid(), self._generation)
+        return connection, cursor
+
+    def _reserve(self) -> list[Any] | None:
+        """A slot for one more connection, after closing those of threads that ended."""
+        pid = os.getpid()
+        with self._lock:
+            ended = [e for e in self._opened if e[0] == pid and not e[2].is_alive()]
+            self._opened = [e for e in self._opened if e not in ended]
+            slot = None
+            if sum(1 for e in self._opened if e[0] == pid) < self.limit:
+                slot = [pid, None, threading.current_thread()]
+                self._opened.append(slot)
+        for _, connection, _ in ended:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.close()
+        return slot
+
+    def discard(self, connection: Any) -> None:
+        """Drop a broken connection; the thread opens a new one next time."""
+        if getattr(self._local, "connection", None) is connection:
+            self._local.connection = None
+        with self._lock:
+            self._opened = [e for e in self._opened if e[1] is not connection]
+        with contextlib.suppress(Exception):
+            connection.close()
+
+    def is_disconnect(self, exc: Any, connection: Any) -> bool:
+        return bool(connection.closed or connection.broken
+                    or self._engine.dialect.is_disconnect(exc, connection, None))
+
+    def close_all(self) -> None:
+        """Close this process's connections (not an inherited parent's)."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+            self._generation += 1
+        for pid, connection, _ in opened:
+            if pid == os.getpid() and connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.close()
 
 
 class ClaimStore:
@@ -155,6 +286,9 @@ class ClaimStore:
         self._lock = threading.Lock()
         self._schema_ready = False
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._driver = (_DriverConnections(self._engine, lambda: self.engine)
+                        if self.statements.dialect == "postgresql" else None)
+        self._row_types: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         where = self._engine.url.render_as_string(hide_password=True)
@@ -180,6 +314,15 @@ class ClaimStore:
 
     def _run(self, operation: str, name: str, params: dict[str, Any],
              connection: sa.Connection | None = None) -> _Outcome:
+        if connection is None and self._driver is not None and name in _HOT_STATEMENTS:
+            # Fork check first: a forked child must never take a connection
+            # from the pool it inherited (the parent's sockets).
+            self.engine  # noqa: B018
+            driver_statement = self.statements.driver(name, self._engine.dialect)
+            if driver_statement is not None:
+                outcome = self._run_driver(operation, driver_statement, params)
+                if outcome is not None:
+                    return outcome
         statement = self.statements[name]
         key = params.get("key")
         params = {f"p_{k}": v for k, v in params.items()}
@@ -203,8 +346,45 @@ class ClaimStore:
                     raise
         raise AssertionError("unreachable")
 
+    def _run_driver(self, operation: str, statement: sql.DriverStatement,
+                    params: dict[str, Any]) -> _Outcome | None:
+        """Run a hot statement on this thread's driver connection, in autocommit;
+        ``None`` if this thread has none (see :class:`_DriverConnections`)."""
+        driver = self._driver
+        assert driver is not None
+        values = statement.params(params)
+        for attempt in (1, 2):
+            with translate_errors(operation, key=params.get("key")):
+                held = driver.get()  # a failed connect raises, translated
+            if held is None:
+                return None
+            connection, cursor = held
+            try:
+                cursor.execute(statement.sql, values)
+                if cursor.description is None:
+                    return _Outcome([], cursor.rowcount)
+                row_type: Any = self._row_types.get(statement.name)
+                if row_type is None:
+                    row_type = self._row_types[statement.name] = collections.namedtuple(
+                        f"{statement.name}_row", [c.name for c in cursor.description])
+                return _Outcome([row_type._make(row) for row in cursor.fetchall()],
+                                cursor.rowcount)
+            except driver.errors as exc:
+                if not driver.is_disconnect(exc, connection):
+                    with translate_errors(operation, key=params.get("key")):
+                        raise
+                driver.discard(connection)
+                # A connection the server closed (restart, terminate): one
+                # fresh attempt is worth it, as for pooled connections.
+                if attempt == 2:
+                    with translate_errors(operation, key=params.get("key")):
+                        raise
+        raise AssertionError("unreachable")
+
     def dispose(self) -> None:
         """Close this process's pooled connections."""
+        if self._driver is not None:
+            self._driver.close_all()
         if self._owns_engine:
             self._engine.dispose()
 
@@ -322,7 +502,7 @@ class ClaimStore:
         })
         return [ClaimRecord.from_row(row) for row in rows.rows]
 
-    def stats(self) -> list[dict[str, Any]]:  # noqa: D102
+    def stats(self) -> list[dict[str, Any]]:
         """Claims, duplicates, acquisitions and stale leases by task and state."""
         return [dict(row._mapping) for row in self._run("stats", "stats", {}).rows]
 
@@ -336,11 +516,19 @@ def _create_engine(url: str) -> sa.Engine:
     options: dict[str, Any] = {}
     backend = parsed.get_backend_name()
     if backend == "postgresql":
+        if "+" not in parsed.drivername:  # plain postgresql:// means psycopg 3 here
+            parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.get_driver_name() in ("psycopg2", "asyncpg", "pg8000"):
             raise errors.ClaimConfigurationError(
                 "use the psycopg 3 driver: postgresql+psycopg://...", url=str(parsed))
         parsed = parsed.set(drivername="postgresql+psycopg")
-        options["connect_args"] = {"connect_timeout": 5, "application_name": "celery-claim"}
+        options["connect_args"] = {
+            "connect_timeout": 5, "application_name": "celery-claim",
+            # A partitioned network fails a statement within seconds instead
+            # of hanging the task (and the heartbeat) until TCP gives up.
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+            "keepalives_count": 3, "tcp_user_timeout": 10_000,
+        }
     elif backend == "sqlite":
         options["connect_args"] = {"timeout": 30, "check_same_thread": False}
         if parsed.database in (None, "", ":memory:"):

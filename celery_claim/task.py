@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +114,9 @@ class ClaimTask(celery.Task):  # type: ignore[misc]
     # whose worker died mid-body.
     acks_late = True
     reject_on_worker_lost = True
+    # A hard time limit kills the body like a lost worker: requeue the
+    # message (Celery's default acks it, and the job would be gone).
+    acks_on_timeout = False
 
     claim_database_url: str | None = None
     claim_engine: Any = None
@@ -208,7 +212,7 @@ class ClaimTask(celery.Task):  # type: ignore[misc]
         """Release the claim (fenced), then let Celery publish the next attempt."""
         request = self.request
         handle: Claim | None = getattr(request, "claim", None)
-        if handle is not None and not handle.released:
+        if handle is not None and handle.claimed and not handle.released:
             limit = self.max_retries if max_retries is None else max_retries
             if limit is None or request.retries + 1 <= limit:
                 _release(self, handle, reason="retry",
@@ -243,7 +247,7 @@ class _Run:
         except errors.ClaimStoreError as exc:
             signals.claim_store_error.send(sender=self.task, key=key, task_id=task_id,
                                            token=None, operation="acquire", exc=exc)
-            raise self._fail_closed(key, exc) from exc
+            raise _chained(self._fail_closed(key, exc), exc)  # noqa: B904
         if won is None:
             return self._duplicate(key, digest, record)
         handle = Claim(store=self.store, key=key, token=won.token, attempt=won.attempt,
@@ -285,7 +289,7 @@ class _Run:
             if won is not None:
                 return won, None
             record = self.store.note_duplicate(key)
-            if record is None or _mismatch(s, digest, record):
+            if record is None or _mismatch(s, digest, record, self.request.id or ""):
                 if record is None:
                     continue  # purged between the two statements: try again
                 return None, record
@@ -301,7 +305,7 @@ class _Run:
     def _duplicate(self, key: str, digest: str | None, record: ClaimRecord | None) -> Any:
         s = self.settings
         record_state = record.state if record is not None else "unknown"
-        if record is not None and _mismatch(s, digest, record):
+        if record is not None and _mismatch(s, digest, record, self.request.id or ""):
             self._report_duplicate(key, record, "mismatch")
             raise errors.ClaimPayloadMismatch(
                 key=key, task=self.task.name, task_id=self.request.id,
@@ -326,7 +330,12 @@ class _Run:
                 lease_remaining=round(record.lease_remaining, 3) if record else None)
         delay = (record.lease_remaining if record else 1.0) + random.uniform(0.1, 1.0)
         deferrals = int(_header(self.request, _DEFERRALS_HEADER) or 0) + 1
-        self._republish(delay, {_DEFERRALS_HEADER: deferrals})
+        try:
+            self._republish(delay, {_DEFERRALS_HEADER: deferrals})
+        except Exception as exc:
+            logger.error("could not re-publish deferred duplicate %s (%s); requeueing it",
+                         self.request.id, exc)
+            raise Reject(exc, requeue=True) from exc
         self._report_duplicate(key, record, "running-deferred", countdown=round(delay, 3))
         # Ignore: acked, and nothing written to the result backend, where the
         # holder (often under the same task id) keeps its state.
@@ -356,6 +365,14 @@ class _Run:
         try:
             try:
                 retval = self.task.run(*self.args, **self.kwargs)
+            except errors.ClaimStoreError as exc:
+                # The claim database failed under the body (atomic() could not
+                # connect): not the job's failure; run it again later.
+                heartbeat.drop(handle)
+                handle.rollback()
+                if handle.released:
+                    raise
+                raise _chained(self._completion_failed(handle, exc), exc)  # noqa: B904
             except BaseException as exc:
                 heartbeat.drop(handle)
                 handle.rollback()
@@ -407,29 +424,45 @@ class _Run:
                     done = self._completed_before(handle)
                 last_exc = None
                 break
-            except Exception as exc:
-                store_exc = exc if isinstance(exc, errors.ClaimStoreError) else \
-                    errors.ClaimStoreError(f"claim store complete failed: {exc}", key=handle.key)
-                last_exc = store_exc
+            except errors.ClaimStoreError as exc:
+                if connection is not None:
+                    # The atomic() transaction is gone: its writes were not
+                    # committed, so the work must be redone.
+                    handle.rollback()
+                if not exc.transient:
+                    # The database refused the transaction (a deferred
+                    # constraint, an aborted transaction): the body's failure.
+                    self._after_failure(handle, exc)
+                    raise (exc.__cause__ or exc) from exc
+                last_exc = exc
                 signals.claim_store_error.send(sender=self.task, key=handle.key,
                                                task_id=handle.task_id, token=handle.token,
-                                               operation="complete", exc=store_exc)
-                if connection is not None:
-                    # The transaction is gone with its connection: the atomic
-                    # writes were not committed, so the work must be redone.
-                    handle.rollback()
+                                               operation="complete", exc=exc)
+                if connection is not None or attempt + 1 == COMPLETE_ATTEMPTS:
                     break
                 time.sleep(0.2 * 2 ** attempt)
         if last_exc is not None:
-            raise self._completion_failed(handle, last_exc) from last_exc
+            raise _chained(self._completion_failed(handle, last_exc), last_exc)
         if not done:
             self._lost(handle, "complete")
-            raise errors.ClaimLost(
+            lost = errors.ClaimLost(
                 "the claim was taken over after its lease lapsed; this attempt's completion "
                 "and its atomic() writes were discarded", key=handle.key, token=handle.token,
                 task_id=handle.task_id)
+            if not self.request.is_eager and self._successor_shares_task_id(handle):
+                # The successor runs under this task id: a FAILURE stored now
+                # would overwrite its result. The loss is logged and signalled.
+                raise Ignore() from lost
+            raise lost
         _emit_completed(self.task, handle, sql.SUCCEEDED)
         return retval
+
+    def _successor_shares_task_id(self, handle: Claim) -> bool:
+        try:
+            record = self.store.get(handle.key)
+        except errors.ClaimStoreError:
+            return False
+        return record is not None and record.task_id == handle.task_id
 
     def _completed_before(self, handle: Claim) -> bool:
         # An earlier completion may have committed though its reply was lost.
@@ -536,9 +569,19 @@ def _log(level: int, event: str, task: ClaimTask, handle: Claim, *,
                       "task_id": handle.task_id, "claim_token": handle.token})
 
 
-def _mismatch(s: settings.ClaimSettings, digest: str | None, record: ClaimRecord) -> bool:
+def _mismatch(s: settings.ClaimSettings, digest: str | None, record: ClaimRecord,
+              task_id: str) -> bool:
+    # The same task id with new arguments is a retry(args=...), not another job.
     return (s.check_payload and digest is not None and record.payload_digest is not None
-            and record.payload_digest != digest and not record.is_expired)
+            and record.payload_digest != digest and not record.is_expired
+            and record.task_id != task_id)
+
+
+def _chained(raised: BaseException, cause: BaseException) -> BaseException:
+    """``raised``, with ``cause`` as its cause unless they are the same object."""
+    if raised is not cause:
+        raised.__cause__ = cause
+    return raised
 
 
 def _header(request: Any, name: str) -> Any:
@@ -575,9 +618,15 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     if app is None:
         return
-    settings.app_config(app.conf)
-    for task in list(app.tasks.values()):
-        if isinstance(task, ClaimTask) and not task.name.startswith("celery."):
-            runtime = task._claim_runtime()
-            if runtime.store is not None:
-                runtime.store.ensure_schema()
+    try:
+        settings.app_config(app.conf)
+        for task in list(app.tasks.values()):
+            if isinstance(task, ClaimTask) and not task.name.startswith("celery."):
+                runtime = task._claim_runtime()
+                if runtime.store is not None:
+                    runtime.store.ensure_schema()
+    except errors.ClaimError as exc:
+        # Celery swallows exceptions of signal receivers, and a worker that
+        # consumed with a broken configuration would fail and ack every job.
+        print(f"celery-claim: cannot start the worker: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from exc

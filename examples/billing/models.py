@@ -18,7 +18,7 @@ charges = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("order_id", sa.ForeignKey("orders.id"), nullable=False),
     sa.Column("amount_cents", sa.Integer, nullable=False),
-    # What the payment provider was given: one value per acquisition of the claim.
+    # What the payment provider was given: the claim's key, one per order.
     sa.Column("idempotency_key", sa.String(600), nullable=False),
     sa.Column("provider_charge_id", sa.String(64), nullable=False),
 )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 
@@ -42,7 +44,22 @@ def fork_children(store: ClaimStore) -> list[int]:
             finally:
                 os._exit(code)
         pids.append(pid)
-    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    # A child reading another's reply on a shared socket can wait forever.
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + 15
+    while len(codes) < len(pids) and time.monotonic() < deadline:
+        for pid in pids:
+            if pid not in codes:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    for pid in pids:
+        if pid not in codes:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            codes[pid] = -9
+    return [codes[pid] for pid in pids]
 
 
 def test_forked_children_open_their_own_connections(pg_store: ClaimStore) -> None:
