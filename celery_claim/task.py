@@ -625,8 +625,13 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
                 runtime = task._claim_runtime()
                 if runtime.store is not None:
                     runtime.store.ensure_schema()
-    except errors.ClaimError as exc:
+    except errors.ClaimConfigurationError as exc:
         # Celery swallows exceptions of signal receivers, and a worker that
         # consumed with a broken configuration would fail and ack every job.
         print(f"celery-claim: cannot start the worker: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from exc
+    except errors.ClaimStoreError as exc:
+        # An outage is not a configuration error: tasks fail closed and are
+        # re-published until the database is back; the table is created then.
+        print(f"celery-claim: claim store not reachable at worker start: {exc}",
+              file=sys.stderr, flush=True)
