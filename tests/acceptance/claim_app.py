@@ -2,9 +2,28 @@
 
 ``CLAIM_TEST_*`` variables name the broker, the claim database (possibly
 through a proxy), the table, the queue and a kombu key prefix, so each test
-has its own of everything. Bodies record their effects in the claim database
-through ``self.claim.atomic()``; a ``task_postrun`` handler records what every
-delivery returned, directly in PostgreSQL.
+has its own of everything; others set the lease, the visibility timeout and
+the time a body takes to load its record.
+
+Every job exists twice, written two ways, with the same body:
+
+* ``process`` / ``charge``: :class:`ClaimTask`, keyed by the task id and by
+  the order; the body's effect is written in ``self.claim.atomic()``;
+* ``naive_process`` / ``naive_charge``: the classic check-then-act guard
+  (``record = fetch_unclaimed(id); if not record.claimed: record.claimed =
+  True; save(record); process(record)``), with the same delivery options
+  (``acks_late``, ``reject_on_worker_lost``) and the same retries.
+
+A body counts its start in Redis (so a body that ran unclaimed shows), loads
+its record (``CLAIM_TEST_LOAD_SECONDS``, the window between check and act in
+the naive version), writes one effect row, and can be told to fail at random
+(``fail_rate``: half through ``autoretry_for``, half through ``self.retry()``,
+before or after the effect) or to hold its first start until the test says
+go (``hold``), so that the test can kill or pause the process holding it.
+
+A ``task_postrun`` handler records what every delivery returned, its state
+and ``delivery_info['redelivered']``, in PostgreSQL; a ``claim_lost`` handler
+records in Redis which process lost which claim.
 """
 
 from __future__ import annotations
@@ -12,20 +31,27 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 import sqlalchemy as sa
-from celery import Celery, signals
+from celery import Celery, Task, signals
+from sqlalchemy.dialects import postgresql
 
-from celery_claim import ClaimTask
+from celery_claim import ClaimStoreError, ClaimTask, claim_lost
 
 ENV = os.environ
 PREFIX = ENV.get("CLAIM_TEST_PREFIX", "claimtest")
 TABLE = ENV.get("CLAIM_TEST_TABLE", "claims_acceptance")
 BODY_SLEEP = float(ENV.get("CLAIM_TEST_BODY_SLEEP", "0.005"))
+#: Loading the record: in the naive task, the time between its check and its act.
+LOAD_SECONDS = float(ENV.get("CLAIM_TEST_LOAD_SECONDS", "0.02"))
+#: A held body waits at most this long for the test's go.
+HOLD_SECONDS = float(ENV.get("CLAIM_TEST_HOLD_SECONDS", "60"))
 
 app = Celery("claim_app", broker=ENV.get("CLAIM_TEST_BROKER", "redis://127.0.0.1:6379/15"))
 app.conf.update(
@@ -33,6 +59,10 @@ app.conf.update(
     broker_transport_options={
         "global_keyprefix": f"{PREFIX}:",
         "visibility_timeout": float(ENV.get("CLAIM_TEST_VISIBILITY_TIMEOUT", "3600")),
+        # Look for messages past their visibility timeout every second
+        # (kombu's default sweep runs every 100 s).
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
     },
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,
@@ -62,13 +92,22 @@ observations = sa.Table(
     sa.Column("state", sa.String(20)),
     sa.Column("retval", sa.Text),
     sa.Column("redelivered", sa.Boolean),
+    sa.Column("hostname", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+)
+#: The naive guard's flags: one row per record, claimed or not.
+records = sa.Table(
+    f"{TABLE}_records", meta,
+    sa.Column("kind", sa.String(20), primary_key=True),
+    sa.Column("record_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("claimed", sa.Boolean, nullable=False),
 )
 
 _local: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
-def _per_process(name: str, make: Any) -> Any:
+def _per_process(name: str, make: Callable[[], Any]) -> Any:
     """One client per process: prefork children must not share the parent's."""
     key = f"{name}:{os.getpid()}"
     with _lock:
@@ -78,8 +117,16 @@ def _per_process(name: str, make: Any) -> Any:
 
 
 def direct_engine() -> sa.Engine:
+    """PostgreSQL without the proxy: observations are written even while it is cut."""
     url = ENV.get("CLAIM_TEST_DIRECT_DATABASE_URL", app.conf.claim_database_url)
-    return _per_process("engine", lambda: sa.create_engine(url))  # type: ignore[no-any-return]
+    return _per_process(  # type: ignore[no-any-return]
+        "engine", lambda: sa.create_engine(url, pool_pre_ping=True))
+
+
+def guard_engine() -> sa.Engine:
+    """The naive guard's connections: to the claim database, as the claims'."""
+    return _per_process(  # type: ignore[no-any-return]
+        "guard", lambda: sa.create_engine(app.conf.claim_database_url, pool_pre_ping=True))
 
 
 def markers() -> redis.Redis:
@@ -87,39 +134,162 @@ def markers() -> redis.Redis:
     return _per_process("redis", lambda: redis.Redis.from_url(url))  # type: ignore[no-any-return]
 
 
-def body_started(kind: str, record_id: int) -> None:
+class Flaky(Exception):
+    """A failure injected at random; the task retries."""
+
+
+#: What the tasks retry on: injected failures and a claim database that
+#: went away under the body (its atomic() writes were rolled back).
+RETRY_ON = (Flaky, sa.exc.DBAPIError, ClaimStoreError)
+RETRIES = {"autoretry_for": RETRY_ON, "max_retries": 30, "default_retry_delay": 0.2}
+
+
+# --- the body, shared by both versions ---------------------------------------------
+
+def body_started(kind: str, record_id: int) -> int:
     """Counted outside the claim database: a body that ran unclaimed shows here."""
-    markers().incr(f"{PREFIX}:body:{kind}:{record_id}")
+    return int(markers().incr(f"{PREFIX}:body:{kind}:{record_id}"))
 
 
-def record_effect(task: ClaimTask, kind: str, record_id: int) -> None:
-    with task.claim.atomic() as conn:
-        conn.execute(effects.insert().values(
-            kind=kind, record_id=record_id, token=task.claim.token,
-            task_id=task.request.id, pid=os.getpid()))
+def inject_failure(task: Task, where: str, fail_rate: float) -> None:
+    """Fail with probability ``fail_rate / 2``: through autoretry_for or self.retry()."""
+    if not fail_rate or random.random() >= fail_rate / 2:
+        return
+    markers().incr(f"{PREFIX}:failed:{where}")
+    exc = Flaky(f"injected failure {where} the effect")
+    if random.random() < 0.5:
+        raise exc
+    raise task.retry(exc=exc, countdown=random.uniform(0.05, 0.3))
 
 
-@app.task(base=ClaimTask, bind=True)
-def process(self: ClaimTask, record_id: int) -> dict[str, int]:
+def hold_first_start(kind: str, record_id: int, starts: int) -> None:
+    """The record's first body waits here until the test sets its go key."""
+    if starts != 1:
+        return
+    client = markers()
+    client.hset(f"{PREFIX}:held:{kind}", str(record_id), os.getpid())
+    deadline = time.monotonic() + HOLD_SECONDS
+    while time.monotonic() < deadline and not client.exists(f"{PREFIX}:go:{kind}:{record_id}"):
+        time.sleep(0.05)
+
+
+def run_body(task: Task, kind: str, record_id: int, write: Callable[[], int],
+             sleep: float, fail_rate: float, hold: bool, starts: int) -> dict[str, Any]:
+    inject_failure(task, "before", fail_rate)
+    token = write()
+    inject_failure(task, "after", fail_rate)
+    if hold:
+        hold_first_start(kind, record_id, starts)
+    time.sleep(sleep or random.uniform(0, BODY_SLEEP))
+    return {"record_id": record_id, "token": token}
+
+
+def effect_row(kind: str, record_id: int, token: int, task_id: str) -> dict[str, Any]:
+    return {"kind": kind, "record_id": record_id, "token": token, "task_id": task_id,
+            "pid": os.getpid()}
+
+
+def claimed_write(task: ClaimTask, kind: str, record_id: int) -> Callable[[], int]:
+    def write() -> int:
+        with task.claim.atomic() as conn:  # commits with the claim's completion
+            conn.execute(effects.insert().values(
+                effect_row(kind, record_id, task.claim.token, task.request.id)))
+        return task.claim.token
+    return write
+
+
+def claimed_body(task: ClaimTask, kind: str, record_id: int, sleep: float = 0.0,
+                 fail_rate: float = 0.0, hold: bool = False) -> dict[str, Any]:
+    starts = body_started(kind, record_id)
+    time.sleep(LOAD_SECONDS)  # load the record: the claim is already held
+    return run_body(task, kind, record_id, claimed_write(task, kind, record_id),
+                    sleep, fail_rate, hold, starts)
+
+
+# --- the naive guard: check, then act ------------------------------------------------
+
+def fetch_unclaimed(kind: str, record_id: int) -> bool:
+    """True if the record is not claimed yet (one read, then the record is loaded)."""
+    with guard_engine().connect() as conn:
+        claimed = conn.execute(sa.select(records.c.claimed).where(
+            records.c.kind == kind, records.c.record_id == record_id)).scalar()
+    time.sleep(LOAD_SECONDS)  # load the record: the window between check and act
+    return not claimed
+
+
+def save_claimed(kind: str, record_id: int) -> None:
+    statement = postgresql.insert(records).values(kind=kind, record_id=record_id, claimed=True)
+    with guard_engine().begin() as conn:
+        conn.execute(statement.on_conflict_do_update(
+            index_elements=[records.c.kind, records.c.record_id], set_={"claimed": True}))
+
+
+def naive_write(task: Task, kind: str, record_id: int) -> Callable[[], int]:
+    def write() -> int:
+        with guard_engine().begin() as conn:
+            conn.execute(effects.insert().values(effect_row(kind, record_id, 0, task.request.id)))
+        return 0
+    return write
+
+
+def naive_body(task: Task, kind: str, record_id: int, sleep: float = 0.0,
+               fail_rate: float = 0.0, hold: bool = False) -> dict[str, Any]:
+    if not fetch_unclaimed(kind, record_id):
+        return {"record_id": record_id, "skipped": True}
+    save_claimed(kind, record_id)
+    starts = body_started(kind, record_id)
+    return run_body(task, kind, record_id, naive_write(task, kind, record_id),
+                    sleep, fail_rate, hold, starts)
+
+
+NAIVE = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, **RETRIES}
+
+
+# --- the tasks ---------------------------------------------------------------------------
+
+@app.task(base=ClaimTask, bind=True, **RETRIES)
+def process(self: ClaimTask, record_id: int, sleep: float = 0.0, fail_rate: float = 0.0,
+            hold: bool = False) -> dict[str, Any]:
     """Default key: the task name and the message's task id."""
-    body_started("process", record_id)
-    record_effect(self, "process", record_id)
-    time.sleep(random.uniform(0, BODY_SLEEP))
-    return {"record_id": record_id, "token": self.claim.token}
+    return claimed_body(self, "process", record_id, sleep, fail_rate, hold)
 
 
-@app.task(base=ClaimTask, bind=True, claim_key="order:{order_id}")
-def charge(self: ClaimTask, order_id: int, amount_cents: int) -> dict[str, int]:
+@app.task(**NAIVE)
+def naive_process(self: Task, record_id: int, sleep: float = 0.0, fail_rate: float = 0.0,
+                  hold: bool = False) -> dict[str, Any]:
+    """``process`` behind the check-then-act guard."""
+    return naive_body(self, "naive_process", record_id, sleep, fail_rate, hold)
+
+
+@app.task(base=ClaimTask, bind=True, claim_key="order:{order_id}", **RETRIES)
+def charge(self: ClaimTask, order_id: int, amount_cents: int) -> dict[str, Any]:
     """Business key: duplicates with different task ids are caught too."""
-    body_started("charge", order_id)
-    record_effect(self, "charge", order_id)
-    time.sleep(random.uniform(0, BODY_SLEEP))
+    claimed_body(self, "charge", order_id)
     return {"order_id": order_id, "charged": amount_cents}
+
+
+@app.task(**NAIVE)
+def naive_charge(self: Task, order_id: int, amount_cents: int) -> dict[str, Any]:
+    """``charge`` behind the check-then-act guard, keyed by the order."""
+    result = naive_body(self, "naive_charge", order_id)
+    if result.get("skipped"):
+        return result
+    return {"order_id": order_id, "charged": amount_cents}
+
+
+_HOST = socket.gethostname()
+
+
+@claim_lost.connect
+def lost(sender: Any = None, key: str = "", token: int = 0, where: str = "", **_: Any) -> None:
+    """A holder learnt that its claim was taken over: which process, which token."""
+    markers().hset(f"{PREFIX}:lost", key, f"{os.getpid()}:{token}:{where}")
 
 
 @signals.task_postrun.connect
 def observe(sender: Any = None, task_id: str = "", task: Any = None, args: Any = (),
-            retval: Any = None, state: str | None = None, **_: Any) -> None:
+            kwargs: Any = None, retval: Any = None, state: str | None = None,
+            **_: Any) -> None:
     if task is None or task.name.startswith("celery."):
         return
     try:
@@ -127,8 +297,17 @@ def observe(sender: Any = None, task_id: str = "", task: Any = None, args: Any =
     except (TypeError, ValueError):
         encoded = json.dumps(repr(retval))
     delivery = getattr(task.request, "delivery_info", None) or {}
-    with direct_engine().begin() as conn:
-        conn.execute(observations.insert().values(
-            task_id=task_id, task_name=task.name.rsplit(".", 1)[-1],
-            record_id=args[0] if args else None, state=state, retval=encoded,
-            redelivered=bool(delivery.get("redelivered"))))
+    record_id = args[0] if args else (kwargs or {}).get("record_id")
+    row = {"task_id": task_id, "task_name": task.name.rsplit(".", 1)[-1],
+           "record_id": record_id, "state": state, "retval": encoded,
+           "redelivered": bool(delivery.get("redelivered")),
+           "hostname": getattr(task.request, "hostname", None) or _HOST, "pid": os.getpid()}
+    for attempt in range(5):  # PostgreSQL may be restarting its sessions under us
+        try:
+            with direct_engine().begin() as conn:
+                conn.execute(observations.insert().values(row))
+            return
+        except sa.exc.DBAPIError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)

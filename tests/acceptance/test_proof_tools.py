@@ -1,0 +1,54 @@
+"""The proof's tools as users run them: the soak command and the pytest-celery example.
+
+``celery-claim soak`` runs a short soak with kills and its naive control;
+the ``examples.proof.`` project (its app, the conftest that backs
+pytest-celery's ``celery_setup`` with local worker processes, and its tests)
+passes under pytest as a user's project would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def environment(database_url: str, redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLAIM_", "CELERY_"))}
+    return {**env, "CELERY_CLAIM_DATABASE_URL": database_url, "CELERY_BROKER_URL": redis_url}
+
+
+def test_soak_runs_once_with_kills_and_its_control_doubles(database_url: str,
+                                                          redis_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "celery_claim.soak", "--records", "300", "--copies", "3",
+         "--workers", "2", "--kill-rate", "30", "--lease", "2", "--visibility-timeout", "5",
+         "--json"],
+        env=environment(database_url, redis_url), cwd=ROOT, capture_output=True, text=True,
+        timeout=240, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    claimed, naive = report["claimed"], report["naive"]
+    assert report["ok"] is True
+    assert (claimed["double_effects"], claimed["lost"]) == (0, 0)
+    assert claimed["deliveries"] >= 900
+    assert claimed["suppressed"] >= 600
+    assert naive["published"] == 900
+    assert report["latency_ms"]["p50"] > 0
+
+
+def test_the_pytest_celery_example_project_passes(database_url: str, redis_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "examples/proof", "-q", "-p", "no:cacheprovider"],
+        env=environment(database_url, redis_url), cwd=ROOT, capture_output=True, text=True,
+        timeout=240, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "2 passed" in result.stdout
