@@ -1,0 +1,305 @@
+"""Store micro-benchmarks: the claim statements alone, against PostgreSQL.
+
+* ``clients``: acquire and complete latency (p50, p99) and claims per second
+  with 1, 2, 4 and 8 concurrent client processes, each on fresh keys;
+* ``contention``: the same clients racing for a handful of keys (acquire,
+  then release when won);
+* ``size``: the claims table at 0, 1M and 10M finished rows (made with one
+  ``INSERT ... SELECT generate_series``): first acquires, completions and
+  duplicate acquires must not slow down as the table grows;
+* ``purge``: 1M expired rows purged in batches while a client acquires.
+
+Every table is the benchmark's own and is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from celery_claim import ClaimStore
+
+Latencies = dict[str, list[float]]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """p50 and p99 in milliseconds."""
+    return {"p50_ms": 1000 * percentile(values, 50), "p99_ms": 1000 * percentile(values, 99),
+            "n": len(values)}
+
+
+def _store(url: str, table: str) -> ClaimStore:
+    return ClaimStore(url, table=table, create_schema=False)
+
+
+def _claim_loop(url: str, table: str, seconds: float, prefix: str, stop: Any, start: Any,
+                out: Any) -> None:
+    """One client: acquire a fresh key, complete it, again, for ``seconds`` (or until
+    ``stop`` is set)."""
+    store = _store(url, table)
+    lat: Latencies = {"acquire": [], "complete": []}
+    stamps: list[float] = []
+    try:
+        store.acquire(f"{prefix}:warm", task_name="bench", task_id="w", owner="bench",
+                      payload_digest=None, lease_seconds=60)
+        start.wait()
+        deadline = time.perf_counter() + seconds
+        n = 0
+        while (t0 := time.perf_counter()) < deadline and not (stop and stop.is_set()):
+            key = f"{prefix}:{n}"
+            n += 1
+            won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
+                                payload_digest="d", lease_seconds=60)
+            t1 = time.perf_counter()
+            assert won is not None
+            store.complete(key, won.token, result=None, has_result=True, ttl_seconds=3600)
+            t2 = time.perf_counter()
+            lat["acquire"].append(t1 - t0)
+            lat["complete"].append(t2 - t1)
+            stamps.append(time.time())
+        out.put((lat, stamps, None))
+    except BaseException as exc:
+        out.put((lat, stamps, repr(exc)))
+    finally:
+        store.dispose()
+
+
+def _contend_loop(url: str, table: str, seconds: float, keys: int, start: Any,
+                  out: Any) -> None:
+    """One client racing for ``keys`` keys: acquire, and release when won."""
+    store = _store(url, table)
+    lat: Latencies = {"acquire": [], "won": []}
+    try:
+        start.wait()
+        deadline = time.perf_counter() + seconds
+        while (t0 := time.perf_counter()) < deadline:
+            key = f"hot:{random.randrange(keys)}"
+            won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
+                                payload_digest=None, lease_seconds=60)
+            lat["acquire"].append(time.perf_counter() - t0)
+            if won is not None:
+                lat["won"].append(1.0)
+                store.release(key, won.token, ttl_seconds=3600)
+        out.put((lat, [], None))
+    except BaseException as exc:
+        out.put((lat, [], repr(exc)))
+    finally:
+        store.dispose()
+
+
+def _parallel(target: Callable[..., None], clients: int, args: Callable[[int], tuple[Any, ...]],
+              timeout: float) -> list[tuple[Latencies, list[float]]]:
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args(n), start, out)) for n in range(clients)]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.5)
+    start.set()
+    results = []
+    try:
+        for _ in procs:
+            lat, stamps, error = out.get(timeout=timeout)
+            if error is not None:
+                raise RuntimeError(f"client failed: {error}")
+            results.append((lat, stamps))
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    return results
+
+
+class StoreBench:
+    def __init__(self, url: str, log: Callable[[str], None] = print) -> None:
+        self.url = url
+        self.log = log
+        self.engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+
+    def table(self) -> str:
+        name = f"bench_store_{uuid.uuid4().hex[:8]}"
+        ClaimStore(self.url, table=name).create_schema()
+        return name
+
+    def drop(self, table: str) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+
+    def clients(self, counts: Sequence[int], seconds: float) -> list[dict[str, Any]]:
+        rows = []
+        for clients in counts:
+            table = self.table()
+            try:
+                results = _parallel(_claim_loop, clients,
+                                    lambda n, t=table: (self.url, t, seconds, f"c{n}", None),
+                                    timeout=seconds + 60)
+            finally:
+                self.drop(table)
+            acquire = [x for lat, _ in results for x in lat["acquire"]]
+            complete = [x for lat, _ in results for x in lat["complete"]]
+            row = {"clients": clients, "claims_per_s": len(acquire) / seconds,
+                   "acquire": summary(acquire), "complete": summary(complete)}
+            self.log(f"store clients={clients}: {row['claims_per_s']:.0f} claims/s")
+            rows.append(row)
+        return rows
+
+    def contention(self, clients: int, keys: int, seconds: float) -> dict[str, Any]:
+        table = self.table()
+        try:
+            results = _parallel(_contend_loop, clients,
+                                lambda n: (self.url, table, seconds, keys),
+                                timeout=seconds + 60)
+        finally:
+            self.drop(table)
+        acquire = [x for lat, _ in results for x in lat["acquire"]]
+        won = sum(len(lat["won"]) for lat, _ in results)
+        row = {"clients": clients, "keys": keys, "attempts_per_s": len(acquire) / seconds,
+               "wins_per_s": won / seconds, "acquire": summary(acquire)}
+        self.log(f"store contention: {row['attempts_per_s']:.0f} attempts/s")
+        return row
+
+    def fill(self, table: str, first: int, last: int, *, expired: bool = False) -> float:
+        """Add finished rows ``first..last`` in one statement; returns seconds taken."""
+        expires = "now() - interval '1 day'" if expired else "now() + interval '7 days'"
+        started = time.perf_counter()
+        with self.engine.connect() as conn:
+            conn.execute(sa.text(
+                f"INSERT INTO {table} (key, state, token, task_name, task_id, attempt, "  # noqa: S608
+                "owner, payload_digest, duplicates, result, created_at, updated_at, "
+                "finished_at, expires_at) "
+                "SELECT 'bench.task:' || md5(i::text), 'succeeded', 1, 'bench.task', "
+                "md5(i::text), 1, 'bench', md5(i::text), 0, 'null'::jsonb, now(), now(), "
+                f"now(), {expires} "
+                "FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS i "
+                "ORDER BY 1"),
+                {"first": first, "last": last})
+            conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
+        return time.perf_counter() - started
+
+    def measure_one_client(self, table: str, ops: int, existing: int) -> dict[str, Any]:
+        store = _store(self.url, table)
+        lat: Latencies = {"acquire": [], "complete": [], "duplicate": []}
+        prefix = uuid.uuid4().hex[:8]
+        try:
+            for n in range(-50, ops):  # the first 50 warm the connection up
+                key = f"new:{prefix}:{n}"
+                t0 = time.perf_counter()
+                won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
+                                    payload_digest="d", lease_seconds=60)
+                t1 = time.perf_counter()
+                assert won is not None
+                store.complete(key, won.token, result=None, has_result=True, ttl_seconds=3600)
+                t2 = time.perf_counter()
+                if n >= 0:
+                    lat["acquire"].append(t1 - t0)
+                    lat["complete"].append(t2 - t1)
+            for _ in range(ops):
+                if existing:
+                    i = random.randint(1, existing)
+                    key = f"bench.task:{_md5(i)}"
+                else:
+                    key = f"new:{prefix}:{random.randrange(ops)}"
+                t0 = time.perf_counter()
+                won = store.acquire(key, task_name="bench.task", task_id="x", owner="bench",
+                                    payload_digest=None, lease_seconds=60)
+                lat["duplicate"].append(time.perf_counter() - t0)
+                assert won is None
+        finally:
+            store.dispose()
+        return {name: summary(values) for name, values in lat.items()}
+
+    def sizes(self, sizes: Sequence[int], ops: int) -> list[dict[str, Any]]:
+        table = self.table()
+        rows = []
+        filled = 0
+        try:
+            for size in sorted(sizes):
+                took = self.fill(table, filled + 1, size) if size > filled else 0.0
+                filled = max(filled, size)
+                with self.engine.connect() as conn:
+                    bytes_ = conn.execute(sa.text(
+                        f"SELECT pg_total_relation_size('{table}')")).scalar_one()
+                row = {"rows": size, "fill_seconds": took, "table_mb": bytes_ / 2**20,
+                       **self.measure_one_client(table, ops, filled)}
+                self.log(f"store size={size}: acquire p99 {row['acquire']['p99_ms']:.2f} ms")
+                rows.append(row)
+        finally:
+            self.drop(table)
+        return rows
+
+    def purge(self, rows: int, quiet: float = 2.0) -> dict[str, Any]:
+        """Purge ``rows`` expired rows while one client acquires and completes."""
+        table = self.table()
+        try:
+            self.fill(table, 1, rows, expired=True)
+            ctx = multiprocessing.get_context("fork")
+            stop, start, out = ctx.Event(), ctx.Event(), ctx.Queue()
+            proc = ctx.Process(target=_claim_loop,
+                               args=(self.url, table, 3600.0, "purge", stop, start, out))
+            proc.start()
+            time.sleep(0.5)
+            start.set()
+            time.sleep(quiet)
+            store = _store(self.url, table)
+            began = time.time()
+            deleted = store.purge(batch_size=1000)
+            ended = time.time()
+            store.dispose()
+            time.sleep(quiet)
+            stop.set()
+            lat, stamps, error = out.get(timeout=60)
+            proc.join(timeout=10)
+            if error is not None:
+                raise RuntimeError(f"client failed: {error}")
+        finally:
+            self.drop(table)
+        before = [x for x, at in zip(lat["acquire"], stamps, strict=True) if at < began]
+        during = [x for x, at in zip(lat["acquire"], stamps, strict=True)
+                  if began <= at <= ended]
+        row = {"rows": rows, "deleted": deleted, "purge_seconds": ended - began,
+               "acquire_before": summary(before), "acquire_during": summary(during)}
+        self.log(f"store purge: {deleted} rows in {row['purge_seconds']:.1f}s")
+        return row
+
+
+def _md5(i: int) -> str:
+    import hashlib
+
+    return hashlib.md5(str(i).encode()).hexdigest()
+
+
+def run(url: str, *, quick: bool = False, sizes: Sequence[int] | None = None,
+        purge_rows: int | None = None, seconds: float | None = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    bench = StoreBench(url, log)
+    seconds = seconds if seconds is not None else (0.5 if quick else 3.0)
+    sizes = sizes if sizes is not None else ((0, 10_000) if quick else
+                                             (0, 1_000_000, 10_000_000))
+    purge_rows = purge_rows if purge_rows is not None else (5_000 if quick else 1_000_000)
+    ops = 200 if quick else 3000
+    results: dict[str, Any] = {
+        "clients": bench.clients((1, 2) if quick else (1, 2, 4, 8), seconds),
+        "contention": bench.contention(4 if quick else 8, 4, seconds),
+        "sizes": bench.sizes(sizes, ops),
+        "purge": bench.purge(purge_rows),
+    }
+    bench.engine.dispose()
+    return results
+
+
+__all__ = ["StoreBench", "percentile", "run", "summary"]

@@ -1,0 +1,43 @@
+"""The benchmark suite runs end to end (tiny sizes: it measures nothing here).
+
+``python -m benchmarks.run`` is not part of the test run; this keeps it from
+rotting: real workers drain messages for the plain task, ClaimTask and
+Celery's own de-duplication, the duplicate workload runs no body twice under
+a claim, and the store micro-benchmarks run on a small table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+
+from benchmarks import run
+
+
+@pytest.mark.timeout(120)
+def test_quick_benchmark_runs_and_reports(database_url: str, redis_url: str,
+                                          tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    report = run.main(["--quick", "--database-url", database_url, "--redis-url", redis_url,
+                       "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "| solo | claim | late |" in printed
+    assert "Store: table size" in printed
+    assert json.loads(out.read_text())["machine"]["cpus"] >= 1
+
+    runs = report["workers"]
+    assert not [r for r in runs if "error" in r], [r["error"] for r in runs if "error" in r]
+    by_variant = {(r["case"]["variant"], r["case"]["workload"]): r for r in runs}
+    for variant in ("plain", "plain_late", "claim", "dedup"):
+        assert by_variant[(variant, "single")]["throughput"] > 0
+    assert by_variant[("claim", "single")]["claims_succeeded"] == 40
+    # Under a claim, no redelivered copy runs its body again.
+    assert by_variant[("claim", "dup")]["duplicate_bodies_run"] == 0
+    assert report["store"]["sizes"][-1]["rows"] == 10_000
+    assert report["store"]["purge"]["deleted"] == 5_000
