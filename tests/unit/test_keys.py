@@ -95,3 +95,29 @@ def test_digest_is_canonical() -> None:
 
 def test_digest_of_unstable_argument_is_none() -> None:
     assert payload_digest({"obj": object()}) is None
+
+
+def job(order_id: int, amount: int, currency: str = "EUR", note: str = "") -> None: ...
+
+
+JOB = inspect.signature(job)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [
+    ((1, 2), {}), ((1, 2, "USD"), {}), ((1, 2, "USD", "n"), {}), ((1,), {"amount": 2}),
+    ((), {"order_id": 1, "amount": 2, "note": "x"}), ((1, 2), {"note": "x"}),
+])
+def test_fast_bind_matches_signature_bind(args: tuple, kwargs: dict) -> None:
+    expected = JOB.bind(*args, **kwargs)
+    expected.apply_defaults()
+    assert KeyBuilder("job", JOB, DEFAULT_KEY).bind(args, kwargs) == dict(expected.arguments)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [
+    ((1, 2, 3, 4, 5), {}), ((1,), {}), ((1, 2), {"order_id": 1}), ((1, 2), {"other": 1}),
+])
+def test_fast_bind_rejects_what_signature_bind_rejects(args: tuple, kwargs: dict) -> None:
+    with pytest.raises(TypeError):
+        JOB.bind(*args, **kwargs)
+    with pytest.raises(TypeError):
+        KeyBuilder("job", JOB, DEFAULT_KEY).bind(args, kwargs)
