@@ -102,7 +102,8 @@ def _contend_loop(url: str, table: str, seconds: float, keys: int, start: Any,
 
 def _parallel(target: Callable[..., None], clients: int, args: Callable[[int], tuple[Any, ...]],
               timeout: float) -> list[tuple[Latencies, list[float]]]:
-    ctx = multiprocessing.get_context("fork")
+    # spawn: a forked child of a process with threads (a test run) can deadlock
+    ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
     out = ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args(n), start, out)) for n in range(clients)]
@@ -247,7 +248,8 @@ class StoreBench:
         table = self.table()
         try:
             self.fill(table, 1, rows, expired=True)
-            ctx = multiprocessing.get_context("fork")
+            # spawn: a forked child of a process with threads (a test run) can deadlock
+            ctx = multiprocessing.get_context("spawn")
             stop, start, out = ctx.Event(), ctx.Event(), ctx.Queue()
             proc = ctx.Process(target=_claim_loop,
                                args=(self.url, table, 3600.0, "purge", stop, start, out))
