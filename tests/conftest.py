@@ -94,24 +94,24 @@ def _drop(url: str, table: str) -> None:
         engine.dispose()
 
 
-@pytest.fixture
-def pg_store(database_url: str, table_name: str) -> Iterator[ClaimStore]:
-    """A claim store on PostgreSQL with its own fresh table."""
-    store = ClaimStore(database_url, table=table_name)
+def _fresh_store(url: str, table: str) -> Iterator[ClaimStore]:
+    store = ClaimStore(url, table=table)
     store.create_schema()
     yield store
     store.dispose()
-    _drop(database_url, table_name)
+    _drop(url, table)
+
+
+@pytest.fixture
+def pg_store(database_url: str, table_name: str) -> Iterator[ClaimStore]:
+    """A claim store on PostgreSQL with its own fresh table."""
+    yield from _fresh_store(database_url, table_name)
 
 
 @pytest.fixture
 def store(any_url: str, table_name: str) -> Iterator[ClaimStore]:
     """A claim store on each dialect with its own fresh table."""
-    store = ClaimStore(any_url, table=table_name)
-    store.create_schema()
-    yield store
-    store.dispose()
-    _drop(any_url, table_name)
+    yield from _fresh_store(any_url, table_name)
 
 
 @pytest.fixture
