@@ -355,6 +355,9 @@ class DriverStatement:
     sql: str
     order: tuple[str, ...]
     processors: dict[str, Callable[[Any], Any]]
+    #: The same SQL with ``$1, $2, ...`` placeholders (in ``order``), for the
+    #: driver's libpq layer; see :meth:`text_params`.
+    numbered: bytes = b""
 
     @classmethod
     def compile(cls, name: str, statement: sa.Executable,
@@ -389,7 +392,11 @@ class DriverStatement:
             process = binds[bind_name].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 processors[bind_name[2:]] = process
-        return cls(name, text, tuple(order), processors)
+        numbered = iter(range(1, len(order) + 1))
+        # "%%" is a literal "%" in the driver's format; "%s" the next parameter.
+        libpq_text = re.sub(r"%%|%s", lambda m: "%" if m.group() == "%%" else f"${next(numbered)}",
+                            text)
+        return cls(name, text, tuple(order), processors, libpq_text.encode())
 
     def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
         """The driver's parameters, by position, from the statement's own names."""
@@ -397,6 +404,35 @@ class DriverStatement:
         if processors:
             values = {k: processors[k](v) if k in processors else v for k, v in values.items()}
         return tuple([values[name] for name in self.order])
+
+    def text_params(self, values: dict[str, Any], encoding: str,
+                    dump_json: Callable[[Any], Any]) -> list[bytes | None] | None:
+        """The parameters in PostgreSQL's text format, for :attr:`numbered`;
+        ``None`` if one of them has no plain text form here (the caller then
+        lets the driver adapt them, with its checks and errors). ``dump_json``
+        renders the driver's JSON wrappers, as the driver would."""
+        out: list[bytes | None] = []
+        for value in self.params(values):
+            kind = type(value)
+            if value is None:
+                out.append(None)
+                continue
+            if kind is str:
+                data = value.encode(encoding)
+            elif kind is bool:
+                data = b"t" if value else b"f"
+            elif kind is int:
+                data = str(value).encode()
+            elif kind is float:
+                data = repr(value).encode()
+            elif kind.__name__ in ("Json", "Jsonb"):
+                data = bytes(dump_json(value))
+            else:
+                return None
+            if b"\x00" in data:
+                return None  # libpq would cut the value short; the driver refuses it
+            out.append(data)
+        return out
 
 
 class Statements:

@@ -15,7 +15,9 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -173,6 +175,43 @@ def _retryable(exc: BaseException) -> bool:
 #: straight to a driver connection (see :class:`_DriverConnections`).
 _HOT_STATEMENTS = frozenset(("acquire", "note_duplicate", "get", "complete", "finish",
                              "release"))
+#: The two statements of every task, and release, go one level lower still:
+#: to libpq through the driver (see :meth:`ClaimStore._run_libpq`). They
+#: return integers only (the token, the attempt).
+_LIBPQ_STATEMENTS = frozenset(("acquire", "complete", "finish", "release"))
+
+
+def _green_threads() -> bool:
+    """A green-thread library patched ``select``: a blocking libpq call would
+    stall every green thread, so the driver's cooperative wait is kept."""
+    gevent = sys.modules.get("gevent.monkey")
+    eventlet = sys.modules.get("eventlet.patcher")
+    try:
+        return bool((gevent is not None and gevent.is_module_patched("select"))
+                    or (eventlet is not None and eventlet.is_monkey_patched("select")))
+    except Exception:  # when in doubt, stay cooperative
+        return True
+
+
+class _Held:
+    """A thread's driver connection, with what the libpq path keeps per connection."""
+
+    __slots__ = ("connection", "cursor", "dump_json", "encoding", "libpq", "prepared")
+
+    def __init__(self, connection: Any, cursor: Any) -> None:
+        from psycopg.adapt import PyFormat
+        from psycopg.types.json import Jsonb
+
+        self.connection = connection
+        self.cursor = cursor
+        self.encoding: str = connection.info.encoding
+        dumper = connection.adapters.get_dumper(Jsonb, PyFormat.TEXT)(Jsonb, connection)
+        self.dump_json: Callable[[Any], Any] = dumper.dump
+        # Named prepared statements unless the engine turned them off
+        # (prepare_threshold=None, as for PgBouncer in transaction mode).
+        self.prepared: set[bytes] | None = (
+            None if connection.prepare_threshold is None else set())
+        self.libpq = not _green_threads()
 
 
 class _DriverConnections:
@@ -204,13 +243,13 @@ class _DriverConnections:
         self.errors: tuple[type[BaseException], ...] = (
             engine.dialect.loaded_dbapi.Error, OSError)
 
-    def get(self) -> tuple[Any, Any] | None:
+    def get(self) -> _Held | None:
         """This thread's driver connection and its cursor, opened on first use;
         ``None`` when the process holds as many as it may."""
         local = self._local
-        held = getattr(local, "connection", None)
+        held: _Held | None = getattr(local, "held", None)
         if held is not None and local.pid == os.getpid() and local.generation == self._generation:
-            return held, local.cursor
+            return held
         slot = self._reserve()
         if slot is None:
             return None
@@ -222,15 +261,15 @@ class _DriverConnections:
             cursor = connection.cursor()
             if self._session_setup is not None:
                 self._session_setup(cursor)
+            held = _Held(connection, cursor)
         except BaseException:
             with self._lock:
                 self._opened = [e for e in self._opened if e is not slot]
             raise
         with self._lock:
             slot[1] = connection
-            local.connection, local.cursor, local.pid, local.generation = (
-                connection, cursor, os.getpid(), self._generation)
-        return connection, cursor
+            local.held, local.pid, local.generation = held, os.getpid(), self._generation
+        return held
 
     def _reserve(self) -> list[Any] | None:
         """A slot for one more connection, after closing those of threads that ended."""
@@ -250,8 +289,9 @@ class _DriverConnections:
 
     def discard(self, connection: Any) -> None:
         """Drop a broken connection; the thread opens a new one next time."""
-        if getattr(self._local, "connection", None) is connection:
-            self._local.connection = None
+        held = getattr(self._local, "held", None)
+        if held is not None and held.connection is connection:
+            self._local.held = None
         with self._lock:
             self._opened = [e for e in self._opened if e[1] is not connection]
         with contextlib.suppress(Exception):
@@ -364,8 +404,12 @@ class ClaimStore:
                 held = driver.get()  # a failed connect raises, translated
             if held is None:
                 return None
-            connection, cursor = held
+            connection, cursor = held.connection, held.cursor
             try:
+                if held.libpq and statement.name in _LIBPQ_STATEMENTS:
+                    outcome = self._run_libpq(held, statement, params)
+                    if outcome is not None:
+                        return outcome
                 cursor.execute(statement.sql, values)
                 # Every hot statement returns rows (RETURNING or SELECT); the
                 # row type is made once, from the first result's columns.
@@ -385,6 +429,60 @@ class ClaimStore:
                 if attempt == 2:
                     with translate_errors(operation, key=params.get("key")):
                         raise
+        raise AssertionError("unreachable")
+
+    def _run_libpq(self, held: _Held, statement: sql.DriverStatement,
+                   params: dict[str, Any]) -> _Outcome | None:
+        """Run ``statement`` through libpq directly (the driver's ``pgconn``):
+        one blocking call that releases the GIL, parameters and results in
+        text, a named prepared statement per connection. This skips the
+        driver's per-call Python work (adaptation, cursor state, result
+        loading), which is most of a claim's CPU in the worker. ``None``: a
+        parameter needs the driver's adaptation; the caller uses the cursor.
+
+        Errors are the driver's own classes, built from the result, so the
+        caller handles them exactly as it does the cursor's."""
+        from psycopg import OperationalError, pq
+        from psycopg import errors as pg_errors
+
+        values = statement.text_params(params, held.encoding, held.dump_json)
+        if values is None:
+            return None
+        pgconn = held.connection.pgconn
+        prepared = held.prepared
+        for attempt in (1, 2):
+            if prepared is None:
+                result = pgconn.exec_params(statement.numbered, values)
+            else:
+                name = _prepared_name(statement)
+                result = None
+                if name not in prepared:
+                    result = pgconn.prepare(name, statement.numbered)
+                    if result.status == pq.ExecStatus.COMMAND_OK:
+                        prepared.add(name)
+                        result = None
+                if result is None:
+                    result = pgconn.exec_prepared(name, values)
+            status = result.status
+            if status == pq.ExecStatus.TUPLES_OK:
+                row_type: Any = self._row_types.get(statement.name)
+                columns = range(result.nfields)
+                if row_type is None:
+                    row_type = self._row_types[statement.name] = collections.namedtuple(
+                        f"{statement.name}_row",
+                        [(result.fname(c) or b"").decode() for c in columns])
+                rows = [row_type._make([_int_or_none(result.get_value(r, c)) for c in columns])
+                        for r in range(result.ntuples)]
+                return _Outcome(rows, result.ntuples)
+            if pgconn.status == pq.ConnStatus.BAD:
+                raise OperationalError(result.get_error_message(held.encoding) or
+                                       "the connection to the server was lost")
+            error = pg_errors.error_from_result(result, encoding=held.encoding)
+            if (attempt == 1 and prepared is not None
+                    and isinstance(error, pg_errors.InvalidSqlStatementName)):
+                prepared.clear()  # the session lost its prepared statements (DISCARD ALL)
+                continue
+            raise error
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:
@@ -511,6 +609,22 @@ class ClaimStore:
     def stats(self) -> list[dict[str, Any]]:
         """Claims, duplicates, acquisitions and stale leases by task and state."""
         return [dict(row._mapping) for row in self._run("stats", "stats", {}).rows]
+
+
+def _prepared_name(statement: sql.DriverStatement) -> bytes:
+    name: bytes | None = _PREPARED_NAMES.get(statement.numbered)
+    if name is None:
+        digest = hashlib.sha1(statement.numbered, usedforsecurity=False).hexdigest()[:12]
+        name = f"celery_claim_{statement.name}_{digest}".encode()
+        _PREPARED_NAMES[statement.numbered] = name
+    return name
+
+
+_PREPARED_NAMES: dict[bytes, bytes] = {}
+
+
+def _int_or_none(value: bytes | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _create_engine(url: str) -> sa.Engine:

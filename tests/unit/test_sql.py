@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -70,3 +73,52 @@ def test_every_error_has_a_useful_message(cls: type[errors.ClaimError]) -> None:
     assert str(cls()).strip()
     assert issubclass(cls, errors.ClaimError)
     assert "key='k'" in str(cls(key="k"))
+
+
+def _psycopg_statement(name: str) -> sql.DriverStatement:
+    from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
+
+    statement = sql.Statements(sql.claims, "postgresql").driver(name, pg_psycopg.dialect())
+    assert statement is not None
+    return statement
+
+
+@pytest.mark.parametrize("name", ["acquire", "complete", "finish", "release"])
+def test_libpq_text_numbers_every_parameter_in_order(name: str) -> None:
+    statement = _psycopg_statement(name)
+    numbered = statement.numbered.decode()
+    assert "%s" not in numbered
+    assert "%%" not in numbered
+    placeholders = [int(n) for n in re.findall(r"\$(\d+)", numbered)]
+    assert placeholders == list(range(1, len(statement.order) + 1))
+    # The same statement apart from the placeholders.
+    assert re.sub(r"\$\d+", "%s", numbered) == statement.sql.replace("%%", "%")
+
+
+def test_text_params_encode_what_postgresql_reads_as_text() -> None:
+    from psycopg.types.json import Jsonb
+
+    statement = _psycopg_statement("complete")
+    values = {"state": "succeeded", "result": {"é": [1, 2.5, None]}, "error": None,
+              "ttl_seconds": 0.25, "key": "k", "token": 7}
+    dumped = statement.text_params(values, "utf-8", lambda w: json.dumps(w.obj).encode())
+    expected = {"state": b"succeeded", "result": json.dumps({"é": [1, 2.5, None]}).encode(),
+                "error": None, "ttl_seconds": b"0.25", "key": b"k", "token": b"7"}
+    assert dumped == [expected[name] for name in statement.order]
+    assert isinstance(statement.params(values)[statement.order.index("result")], Jsonb)
+    acquire = _psycopg_statement("acquire")
+    params = acquire.text_params(
+        {"key": "k", "task_name": "t", "task_id": "i", "owner": "o", "payload_digest": None,
+         "lease_seconds": 30.0, "retry_failed": True, "check_payload": False},
+        "utf-8", bytes)
+    assert params is not None
+    assert dict(zip(acquire.order, params, strict=True))["retry_failed"] == b"t"
+    assert dict(zip(acquire.order, params, strict=True))["check_payload"] == b"f"
+
+
+@pytest.mark.parametrize("value", ["a\x00b", object(), b"bytes"])
+def test_text_params_leave_to_the_driver_what_text_cannot_carry(value: object) -> None:
+    # NUL would be cut short by libpq; the driver refuses it with a clear error.
+    statement = _psycopg_statement("release")
+    values = {"error": value, "ttl_seconds": 1.0, "key": "k", "token": 1}
+    assert statement.text_params(values, "utf-8", bytes) is None
