@@ -37,13 +37,13 @@ DEFAULT_DATABASE_URL = os.environ.get(
     "CELERY_CLAIM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DEFAULT_REDIS_URL = os.environ.get("CELERY_CLAIM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
-SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "handwritten", "claim", "claim_early",
-                   "claim_key", "claim_atomic", "once", "dedup")
+SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "handwritten", "claim", "claim_cursor",
+                   "claim_early", "claim_key", "claim_atomic", "once", "dedup")
 BODY_VARIANTS = ("plain", "plain_late", "handwritten", "claim")  # with a body that takes time
 #: The plain task with the same acking as each variant.
 SAME_ACKS = {"plain": "plain", "plain_late": "plain_late", "plain_write": "plain_late",
-             "handwritten": "plain_late",
-             "claim": "plain_late", "claim_early": "plain", "claim_key": "plain_late",
+             "handwritten": "plain_late", "claim": "plain_late", "claim_cursor": "plain_late",
+             "claim_early": "plain", "claim_key": "plain_late",
              "claim_atomic": "plain_late", "once": "plain", "dedup": "plain_late"}
 ACKS = {v: ("early" if SAME_ACKS[v] == "plain" else "late") for v in SAME_ACKS}
 
@@ -167,6 +167,11 @@ def store_tables(results: dict[str, Any]) -> str:
     lines.append(f"\nPurge of {p['deleted']:,} expired rows (batches of 1,000) took "
                  f"{p['purge_seconds']:.1f} s; acquire p50 / p99 before: "
                  f"{ms(p['acquire_before'])} ms, during: {ms(p['acquire_during'])} ms.")
+    if "paths" in results:
+        lines += ["\n#### Store: one claim (acquire + complete) by path, one client\n",
+                  "| path | wall ms per claim | client CPU ms per claim |", "|---|---|---|"]
+        for row in results["paths"]:
+            lines.append(f"| {row['path']} | {row['wall_ms']:.3f} | {row['cpu_ms']:.3f} |")
     return "\n".join(lines)
 
 
@@ -212,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", default="0,1000000,10000000",
                         help="claims table sizes for the store benchmark")
     parser.add_argument("--purge-rows", type=int, default=1_000_000)
+    parser.add_argument("--store-ops", type=int, default=10_000,
+                        help="claims per table size in the store benchmark (p50/p99 over these)")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--loglevel", default="WARNING",
@@ -272,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes = (0, 10_000) if args.quick else tuple(int(s) for s in args.sizes.split(","))
         report["store"] = store_bench.run(
             args.database_url, quick=args.quick, sizes=sizes,
-            purge_rows=5_000 if args.quick else args.purge_rows, log=log)
+            purge_rows=5_000 if args.quick else args.purge_rows,
+            ops=None if args.quick else args.store_ops, log=log)
         text.append(store_tables(report["store"]))
     m = report["machine"]
     header = (f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, Celery "

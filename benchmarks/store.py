@@ -7,7 +7,10 @@
 * ``size``: the claims table at 0, 1M and 10M finished rows (made with one
   ``INSERT ... SELECT generate_series``): first acquires, completions and
   duplicate acquires must not slow down as the table grows;
-* ``purge``: 1M expired rows purged in batches while a client acquires.
+* ``purge``: 1M expired rows purged in batches while a client acquires;
+* ``paths``: one client's wall time and CPU per claim (acquire + complete) on
+  the hot path's libpq statements, on the driver's cursor (the path before
+  them), and for the hand-written two-statement claim, interleaved.
 
 Every table is the benchmark's own and is dropped at the end.
 """
@@ -15,7 +18,9 @@ Every table is the benchmark's own and is dropped at the end.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -190,6 +195,12 @@ class StoreBench:
                 "ORDER BY 1"),
                 {"first": first, "last": last})
             conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
+            # Write the bulk load out now, so the measurement that follows sees a
+            # table of this size, not the checkpoint that the load triggers.
+            try:
+                conn.execute(sa.text("CHECKPOINT"))
+            except sa.exc.DBAPIError:
+                pass  # not a superuser: the measurement may overlap a checkpoint
         return time.perf_counter() - started
 
     def measure_one_client(self, table: str, ops: int, existing: int) -> dict[str, Any]:
@@ -279,6 +290,67 @@ class StoreBench:
         return row
 
 
+def _cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _driver_held(store: ClaimStore) -> Any:
+    driver = store._driver  # the store's own per-thread claim connection
+    assert driver is not None, "the paths benchmark needs PostgreSQL"
+    return driver.get()
+
+
+def paths(url: str, ops: int, rounds: int = 3) -> list[dict[str, Any]]:
+    """Per claim (acquire + complete, one client, fresh keys): wall and client CPU
+    through libpq, through the driver's cursor, and for the hand-written claim."""
+    table = f"bench_paths_{uuid.uuid4().hex[:8]}"
+    store = ClaimStore(url, table=table)
+    store.create_schema()
+    held = _driver_held(store)
+    hand = held.connection  # the same kind of autocommit psycopg connection
+    hand.execute(f"CREATE TABLE {table}_hand (key text PRIMARY KEY, state text NOT NULL)")
+    hand_claim = (f"INSERT INTO {table}_hand (key, state) VALUES (%s, 'running') "  # noqa: S608
+                  "ON CONFLICT (key) DO NOTHING RETURNING key")
+    hand_done = f"UPDATE {table}_hand SET state = 'done' WHERE key = %s"  # noqa: S608
+    cursor = hand.cursor()
+
+    def claim(key: str) -> None:
+        won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
+                            payload_digest="d", lease_seconds=60)
+        assert won is not None
+        store.complete(key, won.token, result=None, has_result=True, ttl_seconds=3600)
+
+    def handwritten(key: str) -> None:
+        cursor.execute(hand_claim, (key,))
+        assert cursor.fetchone() is not None
+        cursor.execute(hand_done, (key,))
+
+    measured: dict[str, dict[str, list[float]]] = {}
+    try:
+        for round_ in range(-1, rounds):  # round -1 warms every path up
+            for name in ("libpq", "cursor", "handwritten"):
+                held.libpq = name == "libpq"
+                run = handwritten if name == "handwritten" else claim
+                n = 200 if round_ < 0 else ops
+                cpu0, t0 = _cpu(), time.perf_counter()
+                for i in range(n):
+                    run(f"{name}:{round_}:{i}")
+                wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+                if round_ >= 0:
+                    row = measured.setdefault(name, {"wall": [], "cpu": []})
+                    row["wall"].append(1000 * wall / n)
+                    row["cpu"].append(1000 * cpu / n)
+    finally:
+        cursor.close()
+        hand.execute(f"DROP TABLE IF EXISTS {table}_hand")
+        store.drop_schema()
+        store.dispose()
+    return [{"path": name, "wall_ms": statistics.median(m["wall"]),
+             "cpu_ms": statistics.median(m["cpu"]), "rounds": rounds, "ops": ops}
+            for name, m in measured.items()]
+
+
 def _md5(i: int) -> str:
     import hashlib
 
@@ -286,22 +358,23 @@ def _md5(i: int) -> str:
 
 
 def run(url: str, *, quick: bool = False, sizes: Sequence[int] | None = None,
-        purge_rows: int | None = None, seconds: float | None = None,
+        purge_rows: int | None = None, seconds: float | None = None, ops: int | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     bench = StoreBench(url, log)
     seconds = seconds if seconds is not None else (0.5 if quick else 3.0)
     sizes = sizes if sizes is not None else ((0, 10_000) if quick else
                                              (0, 1_000_000, 10_000_000))
     purge_rows = purge_rows if purge_rows is not None else (5_000 if quick else 1_000_000)
-    ops = 200 if quick else 3000
+    ops = ops if ops is not None else (200 if quick else 10_000)
     results: dict[str, Any] = {
         "clients": bench.clients((1, 2) if quick else (1, 2, 4, 8), seconds),
         "contention": bench.contention(4 if quick else 8, 4, seconds),
         "sizes": bench.sizes(sizes, ops),
         "purge": bench.purge(purge_rows),
+        "paths": paths(url, 200 if quick else 5000),
     }
     bench.engine.dispose()
     return results
 
 
-__all__ = ["StoreBench", "percentile", "run", "summary"]
+__all__ = ["StoreBench", "paths", "percentile", "run", "summary"]

@@ -41,3 +41,6 @@ def test_quick_benchmark_runs_and_reports(database_url: str, redis_url: str,
     assert by_variant[("claim", "dup")]["duplicate_bodies_run"] == 0
     assert report["store"]["sizes"][-1]["rows"] == 10_000
     assert report["store"]["purge"]["deleted"] == 5_000
+    assert {row["path"] for row in report["store"]["paths"]} == {
+        "libpq", "cursor", "handwritten"}
+    assert "Store: one claim (acquire + complete) by path" in printed
