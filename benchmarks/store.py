@@ -301,9 +301,12 @@ def _driver_held(store: ClaimStore) -> Any:
     return driver.get()
 
 
-def paths(url: str, ops: int, rounds: int = 3) -> list[dict[str, Any]]:
-    """Per claim (acquire + complete, one client, fresh keys): wall and client CPU
-    through libpq, through the driver's cursor, and for the hand-written claim."""
+def paths(url: str, ops: int, rounds: int = 3,
+          pauses_ms: Sequence[float] = (0.0, 10.0)) -> list[dict[str, Any]]:
+    """Per claim (acquire + complete, one client, fresh keys): wall time beyond
+    the pause and client CPU, through libpq, through the driver's cursor, and
+    for the hand-written claim. A pause between acquire and complete stands
+    in for a body: the connection, its backend and the CPU go idle meanwhile."""
     table = f"bench_paths_{uuid.uuid4().hex[:8]}"
     store = ClaimStore(url, table=table)
     store.create_schema()
@@ -315,40 +318,47 @@ def paths(url: str, ops: int, rounds: int = 3) -> list[dict[str, Any]]:
     hand_done = f"UPDATE {table}_hand SET state = 'done' WHERE key = %s"  # noqa: S608
     cursor = hand.cursor()
 
-    def claim(key: str) -> None:
+    def claim(key: str, pause: float) -> None:
         won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
                             payload_digest="d", lease_seconds=60)
         assert won is not None
+        if pause:
+            time.sleep(pause)
         store.complete(key, won.token, result=None, has_result=True, ttl_seconds=3600)
 
-    def handwritten(key: str) -> None:
+    def handwritten(key: str, pause: float) -> None:
         cursor.execute(hand_claim, (key,))
         assert cursor.fetchone() is not None
+        if pause:
+            time.sleep(pause)
         cursor.execute(hand_done, (key,))
 
-    measured: dict[str, dict[str, list[float]]] = {}
+    measured: dict[tuple[float, str], dict[str, list[float]]] = {}
     try:
-        for round_ in range(-1, rounds):  # round -1 warms every path up
-            for name in ("libpq", "cursor", "handwritten"):
-                held.libpq = name == "libpq"
-                run = handwritten if name == "handwritten" else claim
-                n = 200 if round_ < 0 else ops
-                cpu0, t0 = _cpu(), time.perf_counter()
-                for i in range(n):
-                    run(f"{name}:{round_}:{i}")
-                wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
-                if round_ >= 0:
-                    row = measured.setdefault(name, {"wall": [], "cpu": []})
-                    row["wall"].append(1000 * wall / n)
-                    row["cpu"].append(1000 * cpu / n)
+        for pause_ms in pauses_ms:
+            n_ops = ops if not pause_ms else max(20, min(ops, int(3000 / pause_ms)))
+            for round_ in range(-1, rounds):  # round -1 warms every path up
+                for name in ("libpq", "cursor", "handwritten"):
+                    held.libpq = name == "libpq"
+                    run = handwritten if name == "handwritten" else claim
+                    n = min(200, n_ops) if round_ < 0 else n_ops
+                    cpu0, t0 = _cpu(), time.perf_counter()
+                    for i in range(n):
+                        run(f"{name}:{pause_ms}:{round_}:{i}", pause_ms / 1000)
+                    wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+                    if round_ >= 0:
+                        row = measured.setdefault((pause_ms, name), {"wall": [], "cpu": []})
+                        row["wall"].append(1000 * wall / n - pause_ms)
+                        row["cpu"].append(1000 * cpu / n)
     finally:
         cursor.close()
         hand.execute(f"DROP TABLE IF EXISTS {table}_hand")
         store.drop_schema()
         store.dispose()
-    return [{"path": name, "wall_ms": statistics.median(m["wall"]),
-             "cpu_ms": statistics.median(m["cpu"]), "rounds": rounds, "ops": ops}
-            for name, m in measured.items()]
+    return [{"path": name, "pause_ms": pause_ms, "wall_ms": statistics.median(m["wall"]),
+             "cpu_ms": statistics.median(m["cpu"]), "rounds": rounds,
+             "ops": ops if not pause_ms else max(20, min(ops, int(3000 / pause_ms)))}
+            for (pause_ms, name), m in measured.items()]
 
 
 def _md5(i: int) -> str:
