@@ -356,7 +356,7 @@ class DriverStatement:
     order: tuple[str, ...]
     processors: dict[str, Callable[[Any], Any]]
     #: The same SQL with ``$1, $2, ...`` placeholders (in ``order``), for the
-    #: driver's libpq layer; see :meth:`text_params`.
+    #: driver's libpq layer; see :meth:`text_values`.
     numbered: bytes = b""
 
     @classmethod
@@ -405,33 +405,37 @@ class DriverStatement:
             values = {k: processors[k](v) if k in processors else v for k, v in values.items()}
         return tuple([values[name] for name in self.order])
 
-    def text_params(self, values: dict[str, Any], encoding: str,
+    def text_values(self, values: tuple[Any, ...], encoding: str,
                     dump_json: Callable[[Any], Any]) -> list[bytes | None] | None:
-        """The parameters in PostgreSQL's text format, for :attr:`numbered`;
-        ``None`` if one of them has no plain text form here (the caller then
-        lets the driver adapt them, with its checks and errors). ``dump_json``
-        renders the driver's JSON wrappers, as the driver would."""
+        """:meth:`params`' values in PostgreSQL's text format, for
+        :attr:`numbered`; ``None`` if one of them has no plain text form here
+        (the caller then lets the driver adapt them, with its checks and
+        errors). ``dump_json`` renders the driver's JSON wrappers as the
+        driver would."""
         out: list[bytes | None] = []
-        for value in self.params(values):
-            kind = type(value)
-            if value is None:
-                out.append(None)
-                continue
-            if kind is str:
-                data = value.encode(encoding)
-            elif kind is bool:
-                data = b"t" if value else b"f"
-            elif kind is int:
-                data = str(value).encode()
-            elif kind is float:
-                data = repr(value).encode()
-            elif kind.__name__ in ("Json", "Jsonb"):
-                data = bytes(dump_json(value))
-            else:
-                return None
-            if b"\x00" in data:
-                return None  # libpq would cut the value short; the driver refuses it
-            out.append(data)
+        try:
+            for value in values:
+                kind = type(value)
+                if value is None:
+                    out.append(None)
+                    continue
+                if kind is str:
+                    data = value.encode(encoding)
+                elif kind is bool:
+                    data = b"t" if value else b"f"
+                elif kind is int:
+                    data = str(value).encode()
+                elif kind is float:
+                    data = repr(value).encode()
+                elif kind.__name__ in ("Json", "Jsonb"):
+                    data = bytes(dump_json(value))
+                else:
+                    return None
+                if b"\x00" in data:
+                    return None  # libpq would cut the value short; the driver refuses it
+                out.append(data)
+        except (ValueError, UnicodeError):
+            return None  # the driver reports it as it always does
         return out
 
 

@@ -182,8 +182,8 @@ _LIBPQ_STATEMENTS = frozenset(("acquire", "complete", "finish", "release"))
 
 
 def _green_threads() -> bool:
-    """A green-thread library patched ``select``: a blocking libpq call would
-    stall every green thread, so the driver's cooperative wait is kept."""
+    """A green-thread library patched ``select``: the claim statements then
+    stay on the driver's cursor, the path green-thread pools are tested on."""
     gevent = sys.modules.get("gevent.monkey")
     eventlet = sys.modules.get("eventlet.patcher")
     try:
@@ -407,7 +407,7 @@ class ClaimStore:
             connection, cursor = held.connection, held.cursor
             try:
                 if held.libpq and statement.name in _LIBPQ_STATEMENTS:
-                    outcome = self._run_libpq(held, statement, params)
+                    outcome = self._run_libpq(held, statement, values)
                     if outcome is not None:
                         return outcome
                 cursor.execute(statement.sql, values)
@@ -429,42 +429,59 @@ class ClaimStore:
                 if attempt == 2:
                     with translate_errors(operation, key=params.get("key")):
                         raise
+            except BaseException:
+                # Interrupted mid-statement (a soft time limit raised by a
+                # signal handler): the reply may still be on its way, so this
+                # connection is never used again.
+                with contextlib.suppress(Exception):
+                    from psycopg import pq
+
+                    if connection.info.transaction_status != pq.TransactionStatus.IDLE:
+                        driver.discard(connection)
+                raise
         raise AssertionError("unreachable")
 
     def _run_libpq(self, held: _Held, statement: sql.DriverStatement,
-                   params: dict[str, Any]) -> _Outcome | None:
-        """Run ``statement`` through libpq directly (the driver's ``pgconn``):
-        one blocking call that releases the GIL, parameters and results in
-        text, a named prepared statement per connection. This skips the
-        driver's per-call Python work (adaptation, cursor state, result
-        loading), which is most of a claim's CPU in the worker. ``None``: a
-        parameter needs the driver's adaptation; the caller uses the cursor.
+                   values: tuple[Any, ...]) -> _Outcome | None:
+        """Run ``statement`` through libpq (the driver's ``pgconn``), bypassing
+        the cursor: a named prepared statement per connection, parameters and
+        results in text. This skips the driver's per-call Python work
+        (adaptation, cursor state, result loading), most of a claim's CPU in
+        the worker. The wait is the driver's own (``Connection.wait``), so a
+        signal (a soft time limit, Ctrl-C) interrupts it as it does a cursor.
+        ``None``: a parameter needs the driver's adaptation; the caller uses
+        the cursor.
 
         Errors are the driver's own classes, built from the result, so the
         caller handles them exactly as it does the cursor's."""
-        from psycopg import OperationalError, pq
+        from psycopg import OperationalError, generators, pq
         from psycopg import errors as pg_errors
 
-        values = statement.text_params(params, held.encoding, held.dump_json)
-        if values is None:
+        text = statement.text_values(values, held.encoding, held.dump_json)
+        if text is None:
             return None
-        pgconn = held.connection.pgconn
+        connection = held.connection
+        pgconn = connection.pgconn
         prepared = held.prepared
+
+        def run(send: Callable[..., None], *args: Any) -> Any:
+            send(*args)
+            results = connection.wait(generators.execute(pgconn))
+            return results[-1]
+
+        name = _prepared_name(statement)
         for attempt in (1, 2):
             if prepared is None:
-                result = pgconn.exec_params(statement.numbered, values)
+                result = run(pgconn.send_query_params, statement.numbered, text)
             else:
-                name = _prepared_name(statement)
-                result = None
                 if name not in prepared:
-                    result = pgconn.prepare(name, statement.numbered)
-                    if result.status == pq.ExecStatus.COMMAND_OK:
-                        prepared.add(name)
-                        result = None
-                if result is None:
-                    result = pgconn.exec_prepared(name, values)
-            status = result.status
-            if status == pq.ExecStatus.TUPLES_OK:
+                    result = run(pgconn.send_prepare, name, statement.numbered)
+                    if result.status == pq.ExecStatus.COMMAND_OK or (
+                            result.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"):
+                        prepared.add(name)  # made, or the session already had it
+                if name in prepared:
+                    result = run(pgconn.send_query_prepared, name, text)
+            if result.status == pq.ExecStatus.TUPLES_OK:
                 row_type: Any = self._row_types.get(statement.name)
                 columns = range(result.nfields)
                 if row_type is None:
@@ -474,14 +491,16 @@ class ClaimStore:
                 rows = [row_type._make([_int_or_none(result.get_value(r, c)) for c in columns])
                         for r in range(result.ntuples)]
                 return _Outcome(rows, result.ntuples)
-            if pgconn.status == pq.ConnStatus.BAD:
-                raise OperationalError(result.get_error_message(held.encoding) or
-                                       "the connection to the server was lost")
             error = pg_errors.error_from_result(result, encoding=held.encoding)
+            if pgconn.status == pq.ConnStatus.BAD:
+                raise OperationalError(str(error) or "the connection to the server was lost")
             if (attempt == 1 and prepared is not None
                     and isinstance(error, pg_errors.InvalidSqlStatementName)):
-                prepared.clear()  # the session lost its prepared statements (DISCARD ALL)
+                prepared.discard(name)  # the session lost it (DEALLOCATE, DISCARD ALL)
                 continue
+            if result.status != pq.ExecStatus.FATAL_ERROR:
+                raise pg_errors.ProgrammingError(
+                    f"claim statement {statement.name} returned no rows ({result.status.name})")
             raise error
         raise AssertionError("unreachable")
 

@@ -3,7 +3,11 @@ the same recovery from lost connections and lost prepared statements."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
 import types
 from collections.abc import Iterator
 
@@ -131,3 +135,48 @@ def test_green_threads_keep_the_drivers_cooperative_wait(
     assert not _held(pg_store).libpq
     assert _life_cycle(pg_store, "k")[7] == ("succeeded", 2, 2, {"é": [1, 2.5, None]}, None)
     assert not {n for n in _prepared(pg_store) if n.startswith("celery_claim_")}
+
+
+def test_losing_one_prepared_statement_leaves_the_others_working(
+        pg_store: ClaimStore) -> None:
+    _life_cycle(pg_store, "first")  # every statement prepared on this connection
+    acquire = next(n for n in _prepared(pg_store) if n.startswith("celery_claim_acquire_"))
+    _held(pg_store).cursor.execute(f"DEALLOCATE {acquire}")
+    assert _life_cycle(pg_store, "second")[7] == ("succeeded", 2, 2, {"é": [1, 2.5, None]},
+                                                  None)
+    _held(pg_store).prepared.clear()  # type: ignore[union-attr] # forgotten, still on the server
+    assert _life_cycle(pg_store, "third")[7] == ("succeeded", 2, 2, {"é": [1, 2.5, None]}, None)
+
+
+class _Interrupted(Exception):
+    """What a soft time limit's signal handler raises."""
+
+
+@pytest.mark.timeout(30)
+def test_a_signal_interrupts_a_statement_waiting_on_a_lock(pg_store: ClaimStore,
+                                                           database_url: str) -> None:
+    # A duplicate's acquire waits for the row lock of another transaction; a
+    # soft time limit (a signal handler that raises) must still get through,
+    # and the interrupted connection must not be used again.
+    assert _acquire(pg_store, "k") is not None
+    pid = _held(pg_store).connection.info.backend_pid
+    engine = sa.create_engine(database_url)
+    previous = signal.signal(signal.SIGUSR1, lambda *_: (_ for _ in ()).throw(_Interrupted()))
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        with engine.connect() as locker:
+            locker.execute(sa.text(
+                f"SELECT 1 FROM {pg_store.table_name} WHERE key = 'k' FOR UPDATE"))
+            started = time.monotonic()
+            timer.start()
+            with pytest.raises(_Interrupted):
+                _acquire(pg_store, "k", task_id="t2")
+            waited = time.monotonic() - started
+            locker.rollback()
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+        engine.dispose()
+    assert waited < 3.0, f"the signal waited {waited:.1f}s for the lock"
+    assert _acquire(pg_store, "other") is not None  # on a fresh connection
+    assert _held(pg_store).connection.info.backend_pid != pid

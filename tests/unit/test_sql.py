@@ -95,30 +95,36 @@ def test_libpq_text_numbers_every_parameter_in_order(name: str) -> None:
     assert re.sub(r"\$\d+", "%s", numbered) == statement.sql.replace("%%", "%")
 
 
-def test_text_params_encode_what_postgresql_reads_as_text() -> None:
+def test_text_values_encode_what_postgresql_reads_as_text() -> None:
     from psycopg.types.json import Jsonb
 
     statement = _psycopg_statement("complete")
     values = {"state": "succeeded", "result": {"é": [1, 2.5, None]}, "error": None,
               "ttl_seconds": 0.25, "key": "k", "token": 7}
-    dumped = statement.text_params(values, "utf-8", lambda w: json.dumps(w.obj).encode())
+    dumped = statement.text_values(statement.params(values), "utf-8",
+                                   lambda w: json.dumps(w.obj).encode())
     expected = {"state": b"succeeded", "result": json.dumps({"é": [1, 2.5, None]}).encode(),
                 "error": None, "ttl_seconds": b"0.25", "key": b"k", "token": b"7"}
     assert dumped == [expected[name] for name in statement.order]
     assert isinstance(statement.params(values)[statement.order.index("result")], Jsonb)
     acquire = _psycopg_statement("acquire")
-    params = acquire.text_params(
+    params = acquire.text_values(acquire.params(
         {"key": "k", "task_name": "t", "task_id": "i", "owner": "o", "payload_digest": None,
-         "lease_seconds": 30.0, "retry_failed": True, "check_payload": False},
+         "lease_seconds": 30.0, "retry_failed": True, "check_payload": False}),
         "utf-8", bytes)
     assert params is not None
     assert dict(zip(acquire.order, params, strict=True))["retry_failed"] == b"t"
     assert dict(zip(acquire.order, params, strict=True))["check_payload"] == b"f"
 
 
-@pytest.mark.parametrize("value", ["a\x00b", object(), b"bytes"])
-def test_text_params_leave_to_the_driver_what_text_cannot_carry(value: object) -> None:
-    # NUL would be cut short by libpq; the driver refuses it with a clear error.
+@pytest.mark.parametrize(("name", "value"), [
+    ("error", "a\x00b"),  # libpq would cut it short; the driver refuses it clearly
+    ("error", object()), ("error", b"bytes"),
+    ("error", "\udc80"),  # not encodable
+    ("token", 10 ** 5000),  # too many digits for str(); the driver says out of range
+], ids=["nul", "object", "bytes", "surrogate", "huge-int"])
+def test_text_values_leave_to_the_driver_what_text_cannot_carry(name: str,
+                                                                 value: object) -> None:
     statement = _psycopg_statement("release")
-    values = {"error": value, "ttl_seconds": 1.0, "key": "k", "token": 1}
-    assert statement.text_params(values, "utf-8", bytes) is None
+    values = {"error": None, "ttl_seconds": 1.0, "key": "k", "token": 1, name: value}
+    assert statement.text_values(statement.params(values), "utf-8", bytes) is None
