@@ -46,6 +46,20 @@ def summary(values: Sequence[float]) -> dict[str, float]:
             "n": len(values)}
 
 
+def _timed_claim(store: ClaimStore, key: str, pause: float = 0.0) -> tuple[float, float]:
+    """Acquire the fresh ``key``, (pause,) complete it: the seconds each statement took."""
+    t0 = time.perf_counter()
+    won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
+                        payload_digest="d", lease_seconds=60)
+    t1 = time.perf_counter()
+    assert won is not None
+    if pause:
+        time.sleep(pause)
+    t2 = time.perf_counter()
+    store.complete(key, won.token, result=None, has_result=True, ttl_seconds=3600)
+    return t1 - t0, time.perf_counter() - t2
+
+
 def _store(url: str, table: str) -> ClaimStore:
     return ClaimStore(url, table=table, create_schema=False)
 
@@ -63,17 +77,11 @@ def _claim_loop(url: str, table: str, seconds: float, prefix: str, stop: Any, st
         start.wait()
         deadline = time.perf_counter() + seconds
         n = 0
-        while (t0 := time.perf_counter()) < deadline and not (stop and stop.is_set()):
-            key = f"{prefix}:{n}"
+        while time.perf_counter() < deadline and not (stop and stop.is_set()):
+            acquire, complete = _timed_claim(store, f"{prefix}:{n}")
             n += 1
-            won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
-                                payload_digest="d", lease_seconds=60)
-            t1 = time.perf_counter()
-            assert won is not None
-            store.complete(key, won.token, result=None, has_result=True, ttl_seconds=3600)
-            t2 = time.perf_counter()
-            lat["acquire"].append(t1 - t0)
-            lat["complete"].append(t2 - t1)
+            lat["acquire"].append(acquire)
+            lat["complete"].append(complete)
             stamps.append(time.time())
         out.put((lat, stamps, None))
     except BaseException as exc:
@@ -209,17 +217,10 @@ class StoreBench:
         prefix = uuid.uuid4().hex[:8]
         try:
             for n in range(-50, ops):  # the first 50 warm the connection up
-                key = f"new:{prefix}:{n}"
-                t0 = time.perf_counter()
-                won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
-                                    payload_digest="d", lease_seconds=60)
-                t1 = time.perf_counter()
-                assert won is not None
-                store.complete(key, won.token, result=None, has_result=True, ttl_seconds=3600)
-                t2 = time.perf_counter()
+                acquire, complete = _timed_claim(store, f"new:{prefix}:{n}")
                 if n >= 0:
-                    lat["acquire"].append(t1 - t0)
-                    lat["complete"].append(t2 - t1)
+                    lat["acquire"].append(acquire)
+                    lat["complete"].append(complete)
             for _ in range(ops):
                 if existing:
                     i = random.randint(1, existing)
@@ -319,12 +320,7 @@ def paths(url: str, ops: int, rounds: int = 3,
     cursor = hand.cursor()
 
     def claim(key: str, pause: float) -> None:
-        won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
-                            payload_digest="d", lease_seconds=60)
-        assert won is not None
-        if pause:
-            time.sleep(pause)
-        store.complete(key, won.token, result=None, has_result=True, ttl_seconds=3600)
+        _timed_claim(store, key, pause)
 
     def handwritten(key: str, pause: float) -> None:
         cursor.execute(hand_claim, (key,))

@@ -12,6 +12,8 @@ statements below are just as atomic there).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -397,6 +399,13 @@ class DriverStatement:
         libpq_text = re.sub(r"%%|%s", lambda m: "%" if m.group() == "%%" else f"${next(numbered)}",
                             text)
         return cls(name, text, tuple(order), processors, libpq_text.encode())
+
+    @functools.cached_property
+    def prepared_name(self) -> bytes:
+        """The server-side name of :attr:`numbered` when prepared: the statement's
+        name and a digest of its text (so stores of other tables never collide)."""
+        digest = hashlib.sha1(self.numbered, usedforsecurity=False).hexdigest()[:12]
+        return f"celery_claim_{self.name}_{digest}".encode()
 
     def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
         """The driver's parameters, by position, from the statement's own names."""

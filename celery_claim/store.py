@@ -15,7 +15,6 @@ import collections
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import os
 import sys
 import threading
@@ -411,12 +410,8 @@ class ClaimStore:
                     if outcome is not None:
                         return outcome
                 cursor.execute(statement.sql, values)
-                # Every hot statement returns rows (RETURNING or SELECT); the
-                # row type is made once, from the first result's columns.
-                row_type: Any = self._row_types.get(statement.name)
-                if row_type is None:
-                    row_type = self._row_types[statement.name] = collections.namedtuple(
-                        f"{statement.name}_row", [c.name for c in cursor.description])
+                # Every hot statement returns rows (RETURNING or SELECT).
+                row_type = self._row_type(statement.name, _cursor_columns, cursor)
                 return _Outcome([row_type._make(row) for row in cursor.fetchall()],
                                 cursor.rowcount)
             except driver.errors as exc:
@@ -440,6 +435,15 @@ class ClaimStore:
                         driver.discard(connection)
                 raise
         raise AssertionError("unreachable")
+
+    def _row_type(self, name: str, columns: Callable[[Any], list[str]], source: Any) -> Any:
+        """The named-tuple type of statement ``name``'s rows, made once from the
+        first result's column names (both paths give the same names)."""
+        row_type = self._row_types.get(name)
+        if row_type is None:
+            row_type = self._row_types[name] = collections.namedtuple(f"{name}_row",
+                                                                      columns(source))
+        return row_type
 
     def _run_libpq(self, held: _Held, statement: sql.DriverStatement,
                    values: tuple[Any, ...]) -> _Outcome | None:
@@ -469,7 +473,7 @@ class ClaimStore:
             results = connection.wait(generators.execute(pgconn))
             return results[-1]
 
-        name = _prepared_name(statement)
+        name = statement.prepared_name
         for attempt in (1, 2):
             if prepared is None:
                 result = run(pgconn.send_query_params, statement.numbered, text)
@@ -482,12 +486,8 @@ class ClaimStore:
                 if name in prepared:
                     result = run(pgconn.send_query_prepared, name, text)
             if result.status == pq.ExecStatus.TUPLES_OK:
-                row_type: Any = self._row_types.get(statement.name)
                 columns = range(result.nfields)
-                if row_type is None:
-                    row_type = self._row_types[statement.name] = collections.namedtuple(
-                        f"{statement.name}_row",
-                        [(result.fname(c) or b"").decode() for c in columns])
+                row_type = self._row_type(statement.name, _result_columns, result)
                 rows = [row_type._make([_int_or_none(result.get_value(r, c)) for c in columns])
                         for r in range(result.ntuples)]
                 return _Outcome(rows, result.ntuples)
@@ -630,16 +630,12 @@ class ClaimStore:
         return [dict(row._mapping) for row in self._run("stats", "stats", {}).rows]
 
 
-def _prepared_name(statement: sql.DriverStatement) -> bytes:
-    name: bytes | None = _PREPARED_NAMES.get(statement.numbered)
-    if name is None:
-        digest = hashlib.sha1(statement.numbered, usedforsecurity=False).hexdigest()[:12]
-        name = f"celery_claim_{statement.name}_{digest}".encode()
-        _PREPARED_NAMES[statement.numbered] = name
-    return name
+def _cursor_columns(cursor: Any) -> list[str]:
+    return [c.name for c in cursor.description]
 
 
-_PREPARED_NAMES: dict[bytes, bytes] = {}
+def _result_columns(result: Any) -> list[str]:
+    return [(result.fname(c) or b"").decode() for c in range(result.nfields)]
 
 
 def _int_or_none(value: bytes | None) -> int | None:
