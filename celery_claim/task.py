@@ -116,7 +116,12 @@ class ClaimTask(celery.Task):  # type: ignore[misc]
     reject_on_worker_lost = True
     # A hard time limit kills the body like a lost worker: requeue the
     # message (Celery's default acks it, and the job would be gone).
-    acks_on_timeout = False
+    if hasattr(celery.Task, "acks_on_timeout"):  # Celery 5.7 and later
+        acks_on_timeout = False
+    else:
+        # Earlier Celery has one switch for both: a failed body's message is
+        # then rejected without requeue instead of acknowledged.
+        acks_on_failure_or_timeout = False
 
     claim_database_url: str | None = None
     claim_engine: Any = None

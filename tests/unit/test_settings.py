@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime
 
+import celery
 import pytest
 from celery import Celery
 
@@ -122,3 +123,20 @@ def test_app_wide_task_cls() -> None:
     assert isinstance(app.tasks[job.name], ClaimTask)
     assert app.tasks[job.name].acks_late is True
     assert app.tasks[job.name].reject_on_worker_lost is True
+
+
+def test_a_hard_time_limit_requeues_on_every_supported_celery() -> None:
+    # Celery 5.7 split acks_on_failure_or_timeout in two; before it, the one
+    # switch covers both, and acknowledging a timed-out body drops its job.
+    app = Celery(set_as_current=False)
+    app.conf.claim_database_url = URL
+
+    @app.task(base=ClaimTask, shared=False)
+    def job() -> None: ...
+
+    task = app.tasks[job.name]
+    if hasattr(celery.Task, "acks_on_timeout"):
+        assert task.acks_on_timeout is False
+        assert task.acks_on_failure is not False  # a failed body's message is still acked
+    else:
+        assert task.acks_on_failure_or_timeout is False
