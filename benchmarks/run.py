@@ -168,12 +168,18 @@ def store_tables(results: dict[str, Any]) -> str:
                  f"{p['purge_seconds']:.1f} s; acquire p50 / p99 before: "
                  f"{ms(p['acquire_before'])} ms, during: {ms(p['acquire_during'])} ms.")
     if "paths" in results:
-        lines += ["\n#### Store: one claim (acquire + complete) by path, one client\n",
-                  "| pause between acquire and complete | path | wall ms per claim "
-                  "(beyond the pause) | client CPU ms per claim |", "|---|---|---|---|"]
-        for row in results["paths"]:
-            lines.append(f"| {row['pause_ms']:g} ms | {row['path']} | {row['wall_ms']:.3f} | "
-                         f"{row['cpu_ms']:.3f} |")
+        lines.append(paths_table(results["paths"]))
+    return "\n".join(lines)
+
+
+def paths_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["\n#### Store: one claim (acquire + complete) by path, one client\n",
+             "| pause between acquire and complete | path | wall ms per claim "
+             "(beyond the pause) | client CPU ms per claim | PostgreSQL CPU ms per claim |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['pause_ms']:g} ms | {row['path']} | {row['wall_ms']:.3f} | "
+                     f"{row['cpu_ms']:.3f} | {row['server_cpu_ms']:.3f} |")
     return "\n".join(lines)
 
 
@@ -205,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that everything runs, measures nothing")
-    parser.add_argument("--suite", default="workers,store", help="workers, store or both")
+    parser.add_argument("--suite", default="workers,store",
+                        help="workers, store or both; or paths: the store's paths comparison")
     parser.add_argument("--pools", default=",".join(workers.POOLS))
     parser.add_argument("--variants", default=",".join(SINGLE_VARIANTS))
     parser.add_argument("--duplicates", default=",".join(workers.DUPLICATE_VARIANTS),
@@ -284,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             purge_rows=5_000 if args.quick else args.purge_rows,
             ops=None if args.quick else args.store_ops, log=log)
         text.append(store_tables(report["store"]))
+    elif "paths" in args.suite:  # the paths comparison alone (the store suite includes it)
+        report["paths"] = store_bench.paths(args.database_url, 50 if args.quick else 5000)
+        text.append(paths_table(report["paths"]))
     m = report["machine"]
     header = (f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, Celery "
               f"{m['celery']}, {m['postgresql']}, {m['redis_server'].split(' sha')[0]}; "

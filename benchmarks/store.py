@@ -10,7 +10,9 @@
 * ``purge``: 1M expired rows purged in batches while a client acquires;
 * ``paths``: one client's wall time and CPU per claim (acquire + complete) on
   the hot path's libpq statements, on the driver's cursor (the path before
-  them), and for the hand-written two-statement claim, interleaved.
+  them), and for the hand-written two-statement claim, interleaved; with the
+  CPU PostgreSQL's processes spent meanwhile, where the server is on this
+  machine (read from ``/proc``).
 
 Every table is the benchmark's own and is dropped at the end.
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from benchmarks.workers import server_cpu
 from celery_claim import ClaimStore
 
 Latencies = dict[str, list[float]]
@@ -338,21 +341,25 @@ def paths(url: str, ops: int, rounds: int = 3,
                     held.libpq = name == "libpq"
                     run = handwritten if name == "handwritten" else claim
                     n = min(200, n_ops) if round_ < 0 else n_ops
-                    cpu0, t0 = _cpu(), time.perf_counter()
+                    server0, cpu0, t0 = server_cpu(), _cpu(), time.perf_counter()
                     for i in range(n):
                         run(f"{name}:{pause_ms}:{round_}:{i}", pause_ms / 1000)
                     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+                    server = server_cpu() - server0
                     if round_ >= 0:
-                        row = measured.setdefault((pause_ms, name), {"wall": [], "cpu": []})
+                        row = measured.setdefault((pause_ms, name),
+                                                  {"wall": [], "cpu": [], "server": []})
                         row["wall"].append(1000 * wall / n - pause_ms)
                         row["cpu"].append(1000 * cpu / n)
+                        row["server"].append(1000 * server / n)
     finally:
         cursor.close()
         hand.execute(f"DROP TABLE IF EXISTS {table}_hand")
         store.drop_schema()
         store.dispose()
     return [{"path": name, "pause_ms": pause_ms, "wall_ms": statistics.median(m["wall"]),
-             "cpu_ms": statistics.median(m["cpu"]), "rounds": rounds,
+             "cpu_ms": statistics.median(m["cpu"]),
+             "server_cpu_ms": statistics.median(m["server"]), "rounds": rounds,
              "ops": ops if not pause_ms else max(20, min(ops, int(3000 / pause_ms)))}
             for (pause_ms, name), m in measured.items()]
 
@@ -377,7 +384,7 @@ def run(url: str, *, quick: bool = False, sizes: Sequence[int] | None = None,
         "contention": bench.contention(4 if quick else 8, 4, seconds),
         "sizes": bench.sizes(sizes, ops),
         "purge": bench.purge(purge_rows),
-        "paths": paths(url, 200 if quick else 5000),
+        "paths": paths(url, 50 if quick else 5000),
     }
     bench.engine.dispose()
     return results

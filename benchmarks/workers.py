@@ -105,6 +105,12 @@ def _cpu_by_role(workers: Sequence[WorkerProcess]) -> dict[int, tuple[str, float
     return found
 
 
+def server_cpu() -> float:
+    """CPU seconds used so far by PostgreSQL's processes on this machine (0 if
+    none is visible): the server's share of a claim, when it runs here."""
+    return sum(seconds for role, seconds in _cpu_by_role([]).values() if role == "postgres")
+
+
 def _cpu_used(before: dict[int, tuple[str, float]],
               after: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds by role between two readings. Processes that ended in between

@@ -44,3 +44,15 @@ def test_quick_benchmark_runs_and_reports(database_url: str, redis_url: str,
     assert {row["path"] for row in report["store"]["paths"]} == {
         "libpq", "cursor", "handwritten"}
     assert "Store: one claim (acquire + complete) by path" in printed
+
+
+def test_the_paths_comparison_runs_alone(database_url: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    report = run.main(["--quick", "--suite", "paths", "--database-url", database_url,
+                       "--json", str(tmp_path / "paths.json")])
+    assert "workers" not in report
+    assert "store" not in report
+    assert {row["path"] for row in report["paths"]} == {"libpq", "cursor", "handwritten"}
+    # PostgreSQL runs on this machine in the test setup: its share is read from /proc.
+    assert all(row["server_cpu_ms"] > 0 for row in report["paths"])
+    assert "PostgreSQL CPU ms per claim" in capsys.readouterr().out
