@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks.workers import server_cpu
+from benchmarks.workers import server_cpu_reading, server_cpu_since
 from celery_claim import ClaimStore
 
 Latencies = dict[str, list[float]]
@@ -341,11 +341,11 @@ def paths(url: str, ops: int, rounds: int = 3,
                     held.libpq = name == "libpq"
                     run = handwritten if name == "handwritten" else claim
                     n = min(200, n_ops) if round_ < 0 else n_ops
-                    server0, cpu0, t0 = server_cpu(), _cpu(), time.perf_counter()
+                    server0, cpu0, t0 = server_cpu_reading(), _cpu(), time.perf_counter()
                     for i in range(n):
                         run(f"{name}:{pause_ms}:{round_}:{i}", pause_ms / 1000)
                     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
-                    server = server_cpu() - server0
+                    server = server_cpu_since(server0)
                     if round_ >= 0:
                         row = measured.setdefault((pause_ms, name),
                                                   {"wall": [], "cpu": [], "server": []})

@@ -105,10 +105,16 @@ def _cpu_by_role(workers: Sequence[WorkerProcess]) -> dict[int, tuple[str, float
     return found
 
 
-def server_cpu() -> float:
-    """CPU seconds used so far by PostgreSQL's processes on this machine (0 if
-    none is visible): the server's share of a claim, when it runs here."""
-    return sum(seconds for role, seconds in _cpu_by_role([]).values() if role == "postgres")
+def server_cpu_reading() -> dict[int, tuple[str, float]]:
+    """A reading of PostgreSQL's processes on this machine, for :func:`server_cpu_since`."""
+    return {pid: entry for pid, entry in _cpu_by_role([]).items() if entry[0] == "postgres"}
+
+
+def server_cpu_since(before: dict[int, tuple[str, float]]) -> float:
+    """CPU seconds PostgreSQL's processes on this machine used since ``before``
+    (0 if none is visible), process by process: the server's share of a
+    claim, when it runs here. Other clients' work counts too."""
+    return _cpu_used(before, server_cpu_reading())["postgres"]
 
 
 def _cpu_used(before: dict[int, tuple[str, float]],

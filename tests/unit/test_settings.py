@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import datetime
+from unittest.mock import Mock
 
 import celery
 import pytest
 from celery import Celery
+from celery.contrib.testing.mocks import TaskMessage
+from kombu.utils.imports import symbol_by_name
 
 from celery_claim import ClaimConfigurationError, ClaimTask
 from celery_claim.settings import OPTIONS, from_sources
@@ -140,3 +143,27 @@ def test_a_hard_time_limit_requeues_on_every_supported_celery() -> None:
         assert task.acks_on_failure is not False  # a failed body's message is still acked
     else:
         assert task.acks_on_failure_or_timeout is False
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_a_hard_time_limit_seen_only_by_on_timeout_requeues(soft: bool) -> None:
+    # The gevent and eventlet pools report a hard time limit to
+    # Request.on_timeout and never call on_failure: the requeue must happen there.
+    app = Celery(set_as_current=False)
+    app.conf.claim_database_url = URL
+
+    @app.task(base=ClaimTask, shared=False)
+    def job() -> None: ...
+
+    task = app.tasks[job.name]
+    on_ack, on_reject = Mock(), Mock()
+    request = symbol_by_name(task.Request)(TaskMessage(task.name), app=app, task=task,
+                                           on_ack=on_ack, on_reject=on_reject)
+    request.on_timeout(soft=soft, timeout=3)
+
+    on_ack.assert_not_called()
+    if soft:  # a soft limit raises in the body; nothing is decided here
+        on_reject.assert_not_called()
+    else:
+        on_reject.assert_called_once()
+        assert on_reject.call_args.args[-1] is True  # requeue
