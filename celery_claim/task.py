@@ -122,8 +122,8 @@ class ClaimTask(celery.Task):  # type: ignore[misc]
         # Earlier Celery has one switch for both: a failed body's message is
         # then rejected without requeue instead of acknowledged.
         acks_on_failure_or_timeout = False
-        # And it requeues only on the prefork pool; gevent and eventlet report
-        # a hard time limit to Request.on_timeout alone, which then leaves the
+        # And it requeues only on the prefork pool; gevent reports a hard
+        # time limit to Request.on_timeout alone, which then leaves the
         # message unacknowledged until the worker stops.
         Request = "celery_claim._request:TimeoutRequeueRequest"
 

@@ -147,8 +147,8 @@ def test_a_hard_time_limit_requeues_on_every_supported_celery() -> None:
 
 @pytest.mark.parametrize("soft", [False, True])
 def test_a_hard_time_limit_seen_only_by_on_timeout_requeues(soft: bool) -> None:
-    # The gevent and eventlet pools report a hard time limit to
-    # Request.on_timeout and never call on_failure: the requeue must happen there.
+    # The gevent pool reports a hard time limit to Request.on_timeout and
+    # never calls on_failure: the requeue must happen there.
     app = Celery(set_as_current=False)
     app.conf.claim_database_url = URL
 
