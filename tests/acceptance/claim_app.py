@@ -242,12 +242,15 @@ def naive_body(task: Task, kind: str, record_id: int, sleep: float = 0.0,
                     sleep, fail_rate, hold, starts)
 
 
-NAIVE = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, **RETRIES}
+# shared=False throughout: the scenarios reload this module, and shared tasks
+# would pile up in Celery's registry of shared tasks under the same names.
+NAIVE = {"bind": True, "shared": False, "acks_late": True, "reject_on_worker_lost": True,
+         **RETRIES}
 
 
 # --- the tasks ---------------------------------------------------------------------------
 
-@app.task(base=ClaimTask, bind=True, **RETRIES)
+@app.task(base=ClaimTask, bind=True, shared=False, **RETRIES)
 def process(self: ClaimTask, record_id: int, sleep: float = 0.0, fail_rate: float = 0.0,
             hold: bool = False) -> dict[str, Any]:
     """Default key: the task name and the message's task id."""
@@ -261,7 +264,7 @@ def naive_process(self: Task, record_id: int, sleep: float = 0.0, fail_rate: flo
     return naive_body(self, "naive_process", record_id, sleep, fail_rate, hold)
 
 
-@app.task(base=ClaimTask, bind=True, claim_key="order:{order_id}", **RETRIES)
+@app.task(base=ClaimTask, bind=True, shared=False, claim_key="order:{order_id}", **RETRIES)
 def charge(self: ClaimTask, order_id: int, amount_cents: int) -> dict[str, Any]:
     """Business key: duplicates with different task ids are caught too."""
     claimed_body(self, "charge", order_id)
