@@ -4,8 +4,8 @@ Celery 5.7 requeues a message whose body hit its hard time limit when the
 task sets ``acks_on_timeout = False``, in ``Request.on_timeout``. Earlier
 Celery has only ``acks_on_failure_or_timeout``, and with it ``False`` it
 requeues from ``on_failure``, which the prefork pool calls after a hard time
-limit and the gevent pool does not (eventlet and threads enforce no time
-limits). This request does in ``on_timeout`` what Celery 5.7 does there, so
+limit and the gevent pool does not (solo, threads and eventlet enforce no
+time limits). This request requeues in ``on_timeout``, as Celery 5.7 does, so
 every pool that enforces time limits requeues.
 """
 

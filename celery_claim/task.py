@@ -124,7 +124,8 @@ class ClaimTask(celery.Task):  # type: ignore[misc]
         acks_on_failure_or_timeout = False
         # And it requeues only on the prefork pool; gevent reports a hard
         # time limit to Request.on_timeout alone, which then leaves the
-        # message unacknowledged until the worker stops.
+        # message unacknowledged (holding a prefetch slot) until the worker
+        # stops or the broker's visibility timeout lapses.
         Request = "celery_claim._request:TimeoutRequeueRequest"
 
     claim_database_url: str | None = None
