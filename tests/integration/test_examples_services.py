@@ -59,7 +59,8 @@ def test_billing_charges_every_order_once_under_duplicates(fresh_database: str,
         assert duplicates >= 60
     finally:
         client = redis.Redis.from_url(redis_url)
-        client.delete(queue)
+        for key in client.scan_iter(match=f"*{queue}*"):  # the queue and its bindings
+            client.delete(key)
         client.close()
 
 

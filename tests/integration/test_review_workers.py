@@ -47,7 +47,8 @@ def review_app(tmp_path: Path, database_url: str, redis_url: str,
            "REVIEW_PATH": str(tmp_path)}
     yield env
     client = redis.Redis.from_url(redis_url)
-    client.delete(queue)
+    for key in client.scan_iter(match=f"*{queue}*"):  # the queue and its bindings
+        client.delete(key)
     client.close()
     engine = sa.create_engine(database_url)
     with engine.begin() as conn:
