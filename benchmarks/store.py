@@ -30,6 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from benchmarks.apps.bench_app import handwritten_sql
 from benchmarks.workers import server_cpu_reading, server_cpu_since
 from celery_claim import ClaimStore
 
@@ -316,10 +317,8 @@ def paths(url: str, ops: int, rounds: int = 3,
     store.create_schema()
     held = _driver_held(store)
     hand = held.connection  # the same kind of autocommit psycopg connection
-    hand.execute(f"CREATE TABLE {table}_hand (key text PRIMARY KEY, state text NOT NULL)")
-    hand_claim = (f"INSERT INTO {table}_hand (key, state) VALUES (%s, 'running') "  # noqa: S608
-                  "ON CONFLICT (key) DO NOTHING RETURNING key")
-    hand_done = f"UPDATE {table}_hand SET state = 'done' WHERE key = %s"  # noqa: S608
+    hand_create, hand_claim, hand_done = handwritten_sql(f"{table}_hand")
+    hand.execute(hand_create)
     cursor = hand.cursor()
 
     def claim(key: str, pause: float) -> None:
@@ -332,10 +331,13 @@ def paths(url: str, ops: int, rounds: int = 3,
             time.sleep(pause)
         cursor.execute(hand_done, (key,))
 
+    def ops_at(pause_ms: float) -> int:  # about 3 s of pauses per path and round at most
+        return ops if not pause_ms else max(20, min(ops, int(3000 / pause_ms)))
+
     measured: dict[tuple[float, str], dict[str, list[float]]] = {}
     try:
         for pause_ms in pauses_ms:
-            n_ops = ops if not pause_ms else max(20, min(ops, int(3000 / pause_ms)))
+            n_ops = ops_at(pause_ms)
             for round_ in range(-1, rounds):  # round -1 warms every path up
                 for name in ("libpq", "cursor", "handwritten"):
                     held.libpq = name == "libpq"
@@ -360,7 +362,7 @@ def paths(url: str, ops: int, rounds: int = 3,
     return [{"path": name, "pause_ms": pause_ms, "wall_ms": statistics.median(m["wall"]),
              "cpu_ms": statistics.median(m["cpu"]),
              "server_cpu_ms": statistics.median(m["server"]), "rounds": rounds,
-             "ops": ops if not pause_ms else max(20, min(ops, int(3000 / pause_ms)))}
+             "ops": ops_at(pause_ms)}
             for (pause_ms, name), m in measured.items()]
 
 

@@ -183,8 +183,7 @@ def run_case(case: Case, messages: int, services: Services,
         store.create_schema()
         with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE TABLE {conf['BENCH_SIDE_TABLE']} (n integer)"))
-            conn.execute(sa.text(f"CREATE TABLE {conf['BENCH_HAND_TABLE']} "
-                                 "(key text PRIMARY KEY, state text NOT NULL)"))
+            conn.execute(sa.text(bench_app.handwritten_sql(conf["BENCH_HAND_TABLE"])[0]))
         task = app.tasks[f"bench.{case.variant}"]
         mark = app.tasks["bench.mark"]
         staging = f"staging.{run_id}"

@@ -65,6 +65,15 @@ class _PerProcess:
 _process = _PerProcess()
 
 
+def handwritten_sql(table: str) -> tuple[str, str, str]:
+    """The hand-written two-statement claim the benchmarks compare with, on
+    ``table``: create the table, claim a key, mark it done (psycopg's ``%s``)."""
+    return (f"CREATE TABLE {table} (key text PRIMARY KEY, state text NOT NULL)",
+            f"INSERT INTO {table} (key, state) VALUES (%s, 'running') "  # noqa: S608
+            "ON CONFLICT (key) DO NOTHING RETURNING key",
+            f"UPDATE {table} SET state = 'done' WHERE key = %s")  # noqa: S608
+
+
 def make_app(conf: Mapping[str, str]) -> Celery:
     """The benchmark app for one run's configuration (``BENCH_*`` keys)."""
     broker = conf["BENCH_BROKER"]
@@ -112,10 +121,7 @@ def make_app(conf: Mapping[str, str]) -> Celery:
         url = sa.engine.make_url(database_url).set(drivername="postgresql")
         return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
 
-    hand_table = conf.get("BENCH_HAND_TABLE", "bench_hand")
-    hand_claim = (f"INSERT INTO {hand_table} (key, state) VALUES (%s, 'running') "  # noqa: S608
-                  "ON CONFLICT (key) DO NOTHING RETURNING key")
-    hand_done = f"UPDATE {hand_table} SET state = 'done' WHERE key = %s"  # noqa: S608
+    _, hand_claim, hand_done = handwritten_sql(conf.get("BENCH_HAND_TABLE", "bench_hand"))
 
     def body(n: int) -> int:
         if body_seconds:
