@@ -37,12 +37,15 @@ DEFAULT_DATABASE_URL = os.environ.get(
     "CELERY_CLAIM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DEFAULT_REDIS_URL = os.environ.get("CELERY_CLAIM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
-SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "handwritten", "claim", "claim_cursor",
+SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "floor", "handwritten", "claim",
+                   "claim_cursor",
                    "claim_early", "claim_key", "claim_atomic", "once", "dedup")
-BODY_VARIANTS = ("plain", "plain_late", "handwritten", "claim")  # with a body that takes time
+#: With a body that takes time.
+BODY_VARIANTS = ("plain", "plain_late", "floor", "handwritten", "claim")
 #: The plain task with the same acking as each variant.
 SAME_ACKS = {"plain": "plain", "plain_late": "plain_late", "plain_write": "plain_late",
-             "handwritten": "plain_late", "claim": "plain_late", "claim_cursor": "plain_late",
+             "floor": "plain_late", "handwritten": "plain_late", "claim": "plain_late",
+             "claim_cursor": "plain_late",
              "claim_early": "plain", "claim_key": "plain_late",
              "claim_atomic": "plain_late", "once": "plain", "dedup": "plain_late"}
 ACKS = {v: ("early" if SAME_ACKS[v] == "plain" else "late") for v in SAME_ACKS}
@@ -55,6 +58,8 @@ def plan(pools: Sequence[str], variants: Sequence[str], bodies: Sequence[float],
         for pool in pools:
             chosen = variants if body == 0 else [v for v in BODY_VARIANTS if v in variants]
             needed = {SAME_ACKS[v] for v in chosen} | {"plain"}
+            if any(v.startswith("claim") for v in chosen):
+                needed.add("floor")  # every ClaimTask row is also a ratio to the floor
             for variant in [v for v in SINGLE_VARIANTS if v in set(chosen) | needed]:
                 cases.append(workers.Case(variant, pool, body))
             if body == 0:
@@ -99,8 +104,9 @@ def worker_tables(results: list[dict[str, Any]]) -> str:
         lines += [f"\n#### Body {body:g} ms: tasks per second, and the ratio to the plain task "
                   "in the same repetition (median, min-max)\n",
                   "| pool | variant | acks | tasks/s | vs plain, same acks | "
-                  "vs plain, Celery defaults | worker CPU ms/task | PostgreSQL CPU ms/task |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "vs plain, Celery defaults | vs floor | worker CPU ms/task | "
+                  "PostgreSQL CPU ms/task |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for pool in workers.POOLS:
             for variant in SINGLE_VARIANTS:
                 runs = grouped.get((pool, body, variant, "single"))
@@ -108,11 +114,13 @@ def worker_tables(results: list[dict[str, Any]]) -> str:
                     continue
                 same = ratios(pool, body, variant, SAME_ACKS[variant])
                 default = ratios(pool, body, variant, "plain")
+                floor = ratios(pool, body, variant, "floor")
                 lines.append(
                     f"| {pool} | {variant} | {ACKS[variant]} | "
                     f"{_spread([r['throughput'] for r in runs], '{:.0f}')} | "
                     f"{_spread(same) if variant != SAME_ACKS[variant] else '1'} | "
                     f"{_spread(default) if variant != 'plain' else '1'} | "
+                    f"{_spread(floor) if variant != 'floor' else '1'} | "
                     f"{_spread([r['cpu_ms_per_task']['worker'] for r in runs])} | "
                     f"{_spread([r['cpu_ms_per_task']['postgres'] for r in runs])} |")
     dup = [k for k in grouped if k[3] == "dup"]

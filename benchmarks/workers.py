@@ -169,6 +169,7 @@ def run_case(case: Case, messages: int, services: Services,
         "BENCH_TABLE": f"bench_claims_{run_id}",
         "BENCH_SIDE_TABLE": f"bench_side_{run_id}",
         "BENCH_HAND_TABLE": f"bench_hand_{run_id}",
+        "BENCH_FLOOR_TABLE": f"bench_floor_{run_id}",
     }
     if case.workload == "dup":
         conf["BENCH_COUNT"] = f"{prefix}count"
@@ -184,6 +185,7 @@ def run_case(case: Case, messages: int, services: Services,
         with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE TABLE {conf['BENCH_SIDE_TABLE']} (n integer)"))
             conn.execute(sa.text(bench_app.handwritten_sql(conf["BENCH_HAND_TABLE"])[0]))
+            conn.execute(sa.text(bench_app.floor_sql(conf["BENCH_FLOOR_TABLE"])[0]))
         task = app.tasks[f"bench.{case.variant}"]
         mark = app.tasks["bench.mark"]
         staging = f"staging.{run_id}"
@@ -278,5 +280,6 @@ def run_case(case: Case, messages: int, services: Services,
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {conf['BENCH_SIDE_TABLE']}"))
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {conf['BENCH_HAND_TABLE']}"))
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {conf['BENCH_FLOOR_TABLE']}"))
         engine.dispose()
         app.close()

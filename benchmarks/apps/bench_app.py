@@ -34,6 +34,8 @@ VARIANTS: dict[str, str] = {
     "claim_key": "ClaimTask with a business key 'order:{n}'",
     "claim_atomic": "ClaimTask inserting one row in self.claim.atomic()",
     "handwritten": "plain task (acks_late) with a hand-written two-statement psycopg claim",
+    "floor": "plain task (acks_late) with the smallest correct claim: three columns, two "
+             "autocommit statements on one psycopg connection per process",
     "once": "celery-once QueueOnce (lock at publish, unlock after the body)",
     "dedup": "plain task, acks_late, worker_deduplicate_successful_tasks + Redis results",
 }
@@ -72,6 +74,21 @@ def handwritten_sql(table: str) -> tuple[str, str, str]:
             f"INSERT INTO {table} (key, state) VALUES (%s, 'running') "  # noqa: S608
             "ON CONFLICT (key) DO NOTHING RETURNING key",
             f"UPDATE {table} SET state = 'done' WHERE key = %s")  # noqa: S608
+
+
+def floor_sql(table: str) -> tuple[str, str, str]:
+    """The floor: the smallest correct claim with a fencing token, on ``table``.
+
+    Three columns; the acquire takes any row not yet succeeded (so a crashed
+    holder's row is taken over with token + 1) and the completion is fenced
+    by the token. No lease, no payload check, no stored result: what any
+    correct claim must cost at least (psycopg's ``%s``)."""
+    return (f"CREATE TABLE {table} (key text PRIMARY KEY, state text NOT NULL, "
+            "token bigint NOT NULL)",
+            f"INSERT INTO {table} AS t (key, state, token) VALUES (%s, 'running', 1) "  # noqa: S608
+            "ON CONFLICT (key) DO UPDATE SET state = 'running', token = t.token + 1 "
+            "WHERE t.state <> 'succeeded' RETURNING token",
+            f"UPDATE {table} SET state = 'succeeded' WHERE key = %s AND token = %s")  # noqa: S608
 
 
 def make_app(conf: Mapping[str, str]) -> Celery:
@@ -122,6 +139,7 @@ def make_app(conf: Mapping[str, str]) -> Celery:
         return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
 
     _, hand_claim, hand_done = handwritten_sql(conf.get("BENCH_HAND_TABLE", "bench_hand"))
+    _, floor_claim, floor_done = floor_sql(conf.get("BENCH_FLOOR_TABLE", "bench_floor"))
 
     def body(n: int) -> int:
         if body_seconds:
@@ -160,6 +178,17 @@ def make_app(conf: Mapping[str, str]) -> Celery:
             return None  # a duplicate
         result = body(n)
         conn.execute(hand_done, (key,))
+        return result
+
+    @app.task(shared=False, name="bench.floor", acks_late=True, bind=True)
+    def floor(self: Any, n: int) -> int | None:
+        conn = _process.get("psycopg", _psycopg)
+        key = f"{self.name}:{self.request.id}"
+        won = conn.execute(floor_claim, (key,)).fetchone()
+        if won is None:
+            return None  # a duplicate of a finished claim
+        result = body(n)
+        conn.execute(floor_done, (key, won[0]))
         return result
 
     @app.task(shared=False, name="bench.claim", base=ClaimTask)

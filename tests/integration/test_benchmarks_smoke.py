@@ -28,6 +28,7 @@ def test_quick_benchmark_runs_and_reports(database_url: str, redis_url: str,
                        "--json", str(out)])
     printed = capsys.readouterr().out
     assert "| solo | claim | late |" in printed
+    assert "| solo | floor | late |" in printed  # every claim row has its floor
     assert "Store: table size" in printed
     assert json.loads(out.read_text())["machine"]["cpus"] >= 1
 
