@@ -9,6 +9,7 @@ attempt, because that attempt can start before this one has unwound.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -18,10 +19,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import celery
+import sqlalchemy as sa
 from celery import signals as celery_signals
 from celery._state import _task_stack
 from celery.exceptions import Ignore, Reject, Retry
@@ -280,7 +282,7 @@ class _Run:
             raise _chained(self._fail_closed(key, exc), exc)  # noqa: B904
         if won is None:
             return self._duplicate(key, digest, record)
-        handle = Claim(store=self.store, key=key, token=won.token, attempt=won.attempt,
+        handle = _TaskClaim(store=self.store, key=key, token=won.token, attempt=won.attempt,
                        task_id=task_id, lease_seconds=s.lease_seconds,
                        on_lost=lambda claim, where: _lost_claim(self.task, claim, where))
         wait = time.monotonic() - started
@@ -424,7 +426,13 @@ class _Run:
                 raise _chained(self._completion_failed(handle, exc), exc)  # noqa: B904
             except BaseException as exc:
                 heartbeat.drop(handle)
+                lost = _atomic_connection_lost(handle, exc)
                 handle.rollback()
+                if lost is not None and not handle.released:
+                    # The atomic() connection died under the body (PostgreSQL
+                    # restarted, the connection was killed): its writes are
+                    # gone, and the job is not at fault. Run it again later.
+                    raise _chained(self._completion_failed(handle, lost), lost)  # noqa: B904
                 if not handle.released:
                     self._after_failure(handle, exc)
                 raise
@@ -626,6 +634,51 @@ def _mismatch(s: settings.ClaimSettings, digest: str | None, record: ClaimRecord
     return (s.check_payload and digest is not None and record.payload_digest is not None
             and record.payload_digest != digest and not record.is_expired
             and record.task_id != task_id)
+
+
+def _atomic_connection_lost(handle: Claim, exc: BaseException) -> errors.ClaimStoreError | None:
+    """A store failure when the body's ``atomic()`` connection died under it;
+    ``None`` otherwise (the body's own failure)."""
+    connection = handle.connection
+    broken = getattr(handle, "atomic_broken", False) or (
+        connection is not None and _broken(connection))
+    if not broken:
+        return None
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    lost = errors.ClaimStoreError(
+        "the atomic() connection to the claim store was lost under the body: "
+        + (reason[0] if reason else type(exc).__name__), key=handle.key)
+    lost.transient = True
+    lost.__cause__ = exc
+    return lost
+
+
+class _TaskClaim(Claim):
+    """The handle of a claimed body: notes whether its ``atomic()`` connection
+    was dead when the body's exception left the block (before the rollback)."""
+
+    atomic_broken = False
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sa.Connection]:
+        with super().atomic() as connection:
+            try:
+                yield connection
+            except BaseException:
+                if _broken(connection):
+                    self.atomic_broken = True
+                raise
+
+
+def _broken(connection: sa.Connection) -> bool:
+    if connection.invalidated or connection.closed:
+        return True
+    try:
+        dbapi_connection = connection.connection.dbapi_connection
+    except sa.exc.SQLAlchemyError:
+        return True
+    return bool(getattr(dbapi_connection, "closed", False)
+                or getattr(dbapi_connection, "broken", False))
 
 
 def _chained(raised: BaseException, cause: BaseException) -> BaseException:
