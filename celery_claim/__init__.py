@@ -20,6 +20,8 @@ if TYPE_CHECKING:
         ClaimLost,
         ClaimPayloadMismatch,
         ClaimStoreError,
+        ClaimStoreRefused,
+        ClaimStoreUnavailable,
     )
     from celery_claim.settings import ClaimSettings
     from celery_claim.signals import (
@@ -46,7 +48,8 @@ _EXPORTS = {
     "metadata": "celery_claim.sql",
     **{name: "celery_claim.errors" for name in (
         "ClaimConfigurationError", "ClaimError", "ClaimInProgress", "ClaimKeyError",
-        "ClaimLost", "ClaimPayloadMismatch", "ClaimStoreError")},
+        "ClaimLost", "ClaimPayloadMismatch", "ClaimStoreError",
+        "ClaimStoreRefused", "ClaimStoreUnavailable")},
     **{name: "celery_claim.signals" for name in (
         "claim_acquired", "claim_completed", "claim_duplicate", "claim_lost",
         "claim_released", "claim_store_error")},
@@ -76,6 +79,8 @@ __all__ = [
     "ClaimSettings",
     "ClaimStore",
     "ClaimStoreError",
+    "ClaimStoreRefused",
+    "ClaimStoreUnavailable",
     "ClaimTask",
     "__version__",
     "claim_acquired",
