@@ -201,6 +201,10 @@ class Connector(abc.ABC):
         with self.translate("drop_schema"):
             self._drop_schema(statements)
 
+    def describe(self) -> str:
+        """Where the claims live, for messages (no password): override it."""
+        return type(self).__name__
+
     def dispose(self) -> None:
         """Close this process's connections (never an inherited parent's)."""
         self._check_fork()
