@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import celery
-import sqlalchemy as sa
 from celery import signals as celery_signals
 from celery._state import _task_stack
 from celery.exceptions import Ignore, Reject, Retry
@@ -639,16 +638,15 @@ def _mismatch(s: settings.ClaimSettings, digest: str | None, record: ClaimRecord
 def _atomic_connection_lost(handle: Claim, exc: BaseException) -> errors.ClaimStoreError | None:
     """A store failure when the body's ``atomic()`` connection died under it;
     ``None`` otherwise (the body's own failure)."""
-    connection = handle.connection
+    transaction = handle.connection
     broken = getattr(handle, "atomic_broken", False) or (
-        connection is not None and _broken(connection))
+        transaction is not None and transaction.broken)
     if not broken:
         return None
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    lost = errors.ClaimStoreError(
+    lost = errors.ClaimStoreUnavailable(
         "the atomic() connection to the claim store was lost under the body: "
         + (reason[0] if reason else type(exc).__name__), key=handle.key)
-    lost.transient = True
     lost.__cause__ = exc
     return lost
 
@@ -660,25 +658,15 @@ class _TaskClaim(Claim):
     atomic_broken = False
 
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[sa.Connection]:
-        with super().atomic() as connection:
+    def atomic(self) -> Iterator[Any]:
+        with super().atomic() as handle:
             try:
-                yield connection
+                yield handle
             except BaseException:
-                if _broken(connection):
+                transaction = self.connection
+                if transaction is not None and transaction.broken:
                     self.atomic_broken = True
                 raise
-
-
-def _broken(connection: sa.Connection) -> bool:
-    if connection.invalidated or connection.closed:
-        return True
-    try:
-        dbapi_connection = connection.connection.dbapi_connection
-    except sa.exc.SQLAlchemyError:
-        return True
-    return bool(getattr(dbapi_connection, "closed", False)
-                or getattr(dbapi_connection, "broken", False))
 
 
 def _chained(raised: BaseException, cause: BaseException) -> BaseException:
