@@ -20,13 +20,14 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from celery import Celery
 
 from celery_claim import ClaimTask, signals
 from celery_claim.claim import Claim
+from celery_claim.proof.config import RunConfig, RunTables, for_app
 
 __all__ = ["DemoConfig", "DemoTables", "make_app"]
 
@@ -38,35 +39,12 @@ NAIVE, CLAIM = "naive", "claim"
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoConfig:
-    """Where one demo run lives. ``name`` keeps runs apart (tables, queue, keys)."""
+class DemoConfig(RunConfig):
+    """A demo run; ``broker_dir`` holds the embedded filesystem broker's folders."""
 
-    name: str
-    database_url: str
-    broker_url: str
+    kind: ClassVar[str] = "demo"
+
     broker_dir: str = ""
-
-    @classmethod
-    def from_env(cls) -> DemoConfig:
-        return cls(name=os.environ.get("CLAIM_DEMO_NAME", "local"),
-                   database_url=os.environ.get("CLAIM_DEMO_DATABASE_URL", "sqlite://"),
-                   broker_url=os.environ.get("CLAIM_DEMO_BROKER_URL", "memory://"),
-                   broker_dir=os.environ.get("CLAIM_DEMO_BROKER_DIR", ""))
-
-    def env(self) -> dict[str, str]:
-        """The environment a worker needs to rebuild this config."""
-        return {"CLAIM_DEMO_NAME": self.name, "CLAIM_DEMO_DATABASE_URL": self.database_url,
-                "CLAIM_DEMO_BROKER_URL": self.broker_url,
-                "CLAIM_DEMO_BROKER_DIR": self.broker_dir,
-                "CELERY_BROKER_URL": self.broker_url}
-
-    @property
-    def queue(self) -> str:
-        return f"claim-demo-{self.name}"
-
-    @property
-    def claims_table(self) -> str:
-        return f"celery_claims_demo_{self.name}"
 
     def transport_options(self) -> dict[str, Any]:
         if self.broker_url.startswith("filesystem"):
@@ -76,31 +54,34 @@ class DemoConfig:
                     # Kept beside the queue: moving a message there is an atomic rename.
                     "store_processed": True, "processed_folder": str(folder / "processed"),
                     "control_folder": str(folder / "control"), "polling_interval": 0.02}
-        if self.broker_url.startswith("redis"):
-            return {"global_keyprefix": f"{self.queue}:"}
-        return {}
+        return super().transport_options()
+
+    def celery_settings(self) -> dict[str, Any]:
+        settings = super().celery_settings()
+        if self.broker_url.startswith("filesystem"):
+            settings["broker_transport"] = "celery_claim._demo_transport:Transport"
+        return settings
 
 
-class DemoTables:
+class DemoTables(RunTables):
     """Orders (one row per job and side), the charges made, and every delivery's outcome."""
 
-    def __init__(self, name: str) -> None:
-        self.metadata = sa.MetaData()
-        prefix = f"claim_demo_{name}"
-        self.orders = sa.Table(
-            f"{prefix}_orders", self.metadata,
+    def __init__(self, config: DemoConfig) -> None:
+        super().__init__(config)
+        self.orders = self.table(
+            "orders",
             sa.Column("side", sa.String(8), primary_key=True),
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("amount_cents", sa.Integer, nullable=False),
             sa.Column("charged", sa.Boolean, nullable=False, default=False))
-        self.charges = sa.Table(
-            f"{prefix}_charges", self.metadata,
+        self.charges = self.table(
+            "charges",
             sa.Column("id", sa.Integer, primary_key=True),
             sa.Column("side", sa.String(8), nullable=False),
             sa.Column("order_id", sa.Integer, nullable=False),
             sa.Column("amount_cents", sa.Integer, nullable=False))
-        self.runs = sa.Table(
-            f"{prefix}_runs", self.metadata,
+        self.runs = self.table(
+            "runs",
             sa.Column("id", sa.Integer, primary_key=True),
             sa.Column("side", sa.String(8), nullable=False),
             sa.Column("order_id", sa.Integer, nullable=False),
@@ -121,22 +102,8 @@ class DemoTables:
 
 def make_app(config: DemoConfig) -> Celery:
     """The demo app with both tasks registered."""
-    app = Celery("celery_claim_demo", broker=config.broker_url, set_as_current=False)
-    if config.broker_url.startswith("filesystem"):
-        app.conf.broker_transport = "celery_claim._demo_transport:Transport"
-    app.conf.update(
-        broker_transport_options=config.transport_options(),
-        broker_connection_retry_on_startup=True,
-        task_default_queue=config.queue,
-        task_ignore_result=True,
-        worker_prefetch_multiplier=1,
-        worker_enable_remote_control=False,
-        worker_send_task_events=False,
-        worker_hijack_root_logger=False,
-        claim_database_url=config.database_url,
-        claim_table=config.claims_table,
-    )
-    tables = DemoTables(config.name)
+    app = config.celery_app("celery_claim_demo")
+    tables = DemoTables(config)
 
     @app.task(base=ClaimTask, bind=True, name="demo.claim_charge",  # type: ignore[untyped-decorator]
               claim_key="charge:{order_id}", claim_lease_seconds=LEASE_SECONDS)
@@ -163,24 +130,22 @@ def make_app(config: DemoConfig) -> Celery:
             tables.charge(conn, NAIVE, order_id, amount_cents)
         return "charged"
 
-    def record(sender: Any, key: str, outcome: str) -> None:
-        if getattr(sender, "app", None) is app:
-            with claim_charge.claim_store.engine.begin() as conn:
-                tables.record(conn, CLAIM, int(key.rpartition(":")[2]), outcome)
+    def record(key: str, outcome: str) -> None:
+        with claim_charge.claim_store.engine.begin() as conn:
+            tables.record(conn, CLAIM, int(key.rpartition(":")[2]), outcome)
 
-    @signals.claim_duplicate.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _count_duplicate(sender: Any = None, key: str = "", outcome: str = "",
-                         **_: Any) -> None:
+    def count_duplicate(key: str = "", outcome: str = "", **_: Any) -> None:
         # A deferred duplicate comes back later and is counted then.
         if outcome != "running-deferred":
-            record(sender, key, outcome)
+            record(key, outcome)
 
-    @signals.claim_lost.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _count_lost(sender: Any = None, key: str = "", **_: Any) -> None:
+    def count_lost(key: str = "", **_: Any) -> None:
         # A holder stalled past its lease: another delivery took over and charged;
         # this one's completion and its atomic() writes are discarded. Sent once.
-        record(sender, key, "lost")
+        record(key, "lost")
 
+    signals.claim_duplicate.connect(for_app(app, count_duplicate), weak=False)
+    signals.claim_lost.connect(for_app(app, count_lost), weak=False)
     return app
 
 

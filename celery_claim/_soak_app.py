@@ -21,7 +21,8 @@ import math
 import os
 import random
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from celery import Celery
@@ -30,6 +31,7 @@ from sqlalchemy.dialects import postgresql
 
 from celery_claim import signals
 from celery_claim.claim import Claim
+from celery_claim.proof.config import RunConfig, RunTables, for_app
 from celery_claim.task import ClaimTask
 
 __all__ = ["CLAIMED", "NAIVE", "SoakConfig", "SoakTables", "latency_bucket", "make_app"]
@@ -38,60 +40,36 @@ CLAIMED, NAIVE = "claimed", "naive"
 
 
 @dataclasses.dataclass(frozen=True)
-class SoakConfig:
-    """Where one soak run lives (``name`` keeps runs apart) and how its tasks behave."""
+class SoakConfig(RunConfig):
+    """A soak run, and how its tasks behave."""
 
-    name: str
-    database_url: str
-    broker_url: str
+    kind: ClassVar[str] = "soak"
+
     lease: float = 5.0
     visibility_timeout: float = 20.0
     body_seconds: float = 0.002
 
-    @classmethod
-    def from_env(cls) -> SoakConfig:
-        """The config :meth:`env` wrote, read back in a worker."""
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            raw = os.environ[f"CLAIM_SOAK_{field.name.upper()}"]
-            values[field.name] = raw if field.type == "str" else float(raw)
-        return cls(**values)
+    def transport_options(self) -> dict[str, Any]:
+        # Sweep for messages past their visibility timeout every second.
+        return {**super().transport_options(), "visibility_timeout": self.visibility_timeout,
+                "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
 
-    def env(self) -> dict[str, str]:
-        """The environment a worker needs to rebuild this config."""
-        return {f"CLAIM_SOAK_{field.name.upper()}": str(getattr(self, field.name))
-                for field in dataclasses.fields(self)}
-
-    @property
-    def queue(self) -> str:
-        return f"claim-soak-{self.name}"
-
-    @property
-    def key_prefix(self) -> str:
-        """kombu's ``global_keyprefix`` and the prefix of the counters."""
-        return f"{self.queue}:"
-
-    @property
-    def claims_table(self) -> str:
-        return f"celery_claims_soak_{self.name}"
-
-    def counter(self, name: str) -> str:
-        return f"{self.key_prefix}count:{name}"
+    def celery_settings(self) -> dict[str, Any]:
+        return {**super().celery_settings(), "claim_lease_seconds": self.lease}
 
 
-class SoakTables:
+class SoakTables(RunTables):
     """The effects of both versions, and the naive guard's flags."""
 
-    def __init__(self, name: str) -> None:
-        self.metadata = sa.MetaData()
-        prefix = f"claim_soak_{name}"
-        self.effects = sa.Table(
-            f"{prefix}_effects", self.metadata,
+    def __init__(self, config: SoakConfig) -> None:
+        super().__init__(config)
+        self.effects = self.table(
+            "effects",
             sa.Column("id", sa.BigInteger, primary_key=True),
             sa.Column("side", sa.String(8), nullable=False),
             sa.Column("record_id", sa.Integer, nullable=False))
-        self.flags = sa.Table(
-            f"{prefix}_flags", self.metadata,
+        self.flags = self.table(
+            "flags",
             sa.Column("record_id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("claimed", sa.Boolean, nullable=False))
 
@@ -125,26 +103,8 @@ class _Counters:
 
 def make_app(config: SoakConfig) -> Celery:
     """The soak app with both tasks and the counting signal receivers."""
-    app = Celery("celery_claim_soak", broker=config.broker_url, set_as_current=False)
-    app.conf.update(
-        broker_transport_options={
-            "global_keyprefix": config.key_prefix,
-            "visibility_timeout": config.visibility_timeout,
-            # Sweep for messages past their visibility timeout every second.
-            "unacked_restore_interval": 1, "unacked_restore_throttle": 1,
-        },
-        broker_connection_retry_on_startup=True,
-        task_default_queue=config.queue,
-        task_ignore_result=True,
-        worker_prefetch_multiplier=1,
-        worker_enable_remote_control=False,
-        worker_send_task_events=False,
-        worker_hijack_root_logger=False,
-        claim_database_url=config.database_url,
-        claim_table=config.claims_table,
-        claim_lease_seconds=config.lease,
-    )
-    tables = SoakTables(config.name)
+    app = config.celery_app("celery_claim_soak")
+    tables = SoakTables(config)
     counters = _Counters(config)
 
     def work() -> None:
@@ -196,26 +156,19 @@ def make_app(config: SoakConfig) -> Celery:
             pipe.hincrby(config.counter("redelivered"), side, 1)
         pipe.execute()
 
-    @signals.claim_duplicate.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _count_duplicate(sender: Any = None, outcome: str = "", **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            counters.add("suppressed", f"{CLAIMED}:{outcome}")
+    def count_duplicate(outcome: str = "", **_: Any) -> None:
+        counters.add("suppressed", f"{CLAIMED}:{outcome}")
 
-    @signals.claim_acquired.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _count_latency(sender: Any = None, wait: float = 0.0, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            counters.add("latency", latency_bucket(wait))
+    def count_latency(wait: float = 0.0, **_: Any) -> None:
+        counters.add("latency", latency_bucket(wait))
 
-    @signals.claim_lost.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _count_lost(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            counters.add("events", "claim_lost")
+    def count_event(name: str) -> Callable[..., None]:
+        return lambda **_: counters.add("events", name)
 
-    @signals.claim_store_error.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _count_store_error(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            counters.add("events", "store_error")
-
+    signals.claim_duplicate.connect(for_app(app, count_duplicate), weak=False)
+    signals.claim_acquired.connect(for_app(app, count_latency), weak=False)
+    signals.claim_lost.connect(for_app(app, count_event("claim_lost")), weak=False)
+    signals.claim_store_error.connect(for_app(app, count_event("store_error")), weak=False)
     return app
 
 

@@ -43,6 +43,11 @@ def test_soak_runs_once_with_kills_and_its_control_doubles(database_url: str,
     assert claimed["suppressed"] >= 600
     assert naive["published"] == 900
     assert report["latency_ms"]["p50"] > 0
+    # The same run shows what it guards against: the control ran records twice,
+    # and pool processes or workers were killed while the work went on.
+    assert naive["double_effects"] > 0, naive
+    assert naive["records_doubled"] > 0, naive
+    assert sum(report["kills"].values()) > 0, report["kills"]
 
 
 def test_the_pytest_celery_example_project_passes(database_url: str, redis_url: str) -> None:
