@@ -4,10 +4,18 @@ Each test gets its own claim table, effects and observations tables, Redis
 queue and kombu key prefix; everything is removed afterwards, and every
 worker is stopped (its log is printed when the test failed).
 
-``CLAIM_SCENARIO_GUARD=naive`` runs the scenarios with the naive
-check-then-act tasks in place of the ClaimTasks (``scenario.job("process")``
-is then ``"naive_process"``): every scenario must fail that way, or it could
-not see the failure it is there to rule out.
+A fault scenario runs twice (``both_guards``): with the ClaimTasks, and with
+the naive check-then-act tasks in their place (``scenario.job("process")`` is
+then ``"naive_process"``), on fewer jobs. :meth:`Scenario.assert_outcome`
+asserts each record ran once under the claim, and that the naive control
+doubled or lost some: a scenario whose control shows nothing cannot see the
+failure it is there to rule out. ``CLAIM_SCENARIO_GUARD=naive`` runs every
+other scenario with the naive tasks too (they must fail).
+
+Before kombu 5.7 the Redis transport sweeps for messages past their
+visibility timeout on a fixed schedule (about every 100 s): there the
+scenario runs kombu's own sweep (``QoS.restore_visible``) every second from
+the test process, the interval the app configures for kombu 5.7.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +32,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from kombu.transport import redis as kombu_redis
 
 from celery_claim import ClaimStore
 from celery_claim.testing import (
@@ -37,6 +47,12 @@ HERE = Path(__file__).parent
 GUARD = os.environ.get("CLAIM_SCENARIO_GUARD", "claim")
 if GUARD not in ("claim", "naive"):
     raise pytest.UsageError(f"CLAIM_SCENARIO_GUARD must be 'claim' or 'naive', not {GUARD!r}")
+
+#: Run a scenario with the ClaimTasks and as its naive control.
+both_guards = pytest.mark.parametrize("scenario", ["claim", "naive"], indirect=True)
+
+#: kombu 5.7 sweeps for unacknowledged Redis messages as often as configured.
+KOMBU_SWEEPS_AS_CONFIGURED = hasattr(kombu_redis.Channel, "unacked_restore_interval")
 
 
 class Scenario:
@@ -64,6 +80,8 @@ class Scenario:
         self.redis = redis.Redis.from_url(redis_url)
         self.module: Any = None
         self._store: ClaimStore | None = None
+        self._sweeping = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     # --- setting up --------------------------------------------------------------------
 
@@ -113,7 +131,30 @@ class Scenario:
                                loglevel="INFO")
         self.workers.append(worker)
         worker.start()
+        if self.broker_url.startswith("redis") and not KOMBU_SWEEPS_AS_CONFIGURED:
+            self._start_sweeping()
         return worker
+
+    def sized(self, claimed: int, naive: int) -> range:
+        """Records ``0..n``: more under the claim, a handful for the naive control."""
+        return range(claimed if self.claimed else naive)
+
+    def _start_sweeping(self) -> None:
+        """kombu's own sweep for messages past their visibility timeout, every second."""
+        if self._sweeper is not None:
+            return
+        app = self.module.app
+
+        def sweep() -> None:
+            while not self._sweeping.wait(1.0):
+                try:
+                    with app.connection_for_read(self.broker_url) as conn:
+                        conn.default_channel.qos.restore_visible(num=1000, interval=1)
+                except Exception:  # the broker may be restarting: sweep again
+                    continue
+
+        self._sweeper = threading.Thread(target=sweep, name="kombu-sweep", daemon=True)
+        self._sweeper.start()
 
     def ready(self) -> None:
         for worker in self.workers:
@@ -229,6 +270,26 @@ class Scenario:
             params["like"] = retval_like
         return int(self.scalar(sql, **params))
 
+    def failures(self, kind: str, records: Iterable[int]) -> tuple[dict[int, int], list[int]]:
+        """Records that ran more than once (with their effect counts), and records lost."""
+        effects = self.effects_per_record(kind)
+        doubled = {r: n for r, n in sorted(effects.items()) if n > 1}
+        return doubled, sorted(set(records) - set(effects))
+
+    def assert_outcome(self, kind: str, records: Iterable[int]) -> None:
+        """The claim runs each record once; its naive control doubles or loses some."""
+        expected = list(records)
+        if self.claimed:
+            self.assert_each_once(kind, expected)
+            doubled, lost = self.failures(kind, expected)
+        else:
+            doubled, lost = self.failures(kind, expected)
+            assert doubled or lost, (
+                f"the naive control ran each of {len(expected)} records once: the scenario "
+                "cannot see the failure it rules out")
+        print(f"OUTCOME guard={self.guard} kind={kind} records={len(expected)} "
+              f"doubled={len(doubled)} lost={len(lost)}")
+
     def assert_each_once(self, kind: str, records: Iterable[int]) -> None:
         """Exactly one effect per record, none lost; under claims, each committed by its claim.
 
@@ -271,6 +332,9 @@ class Scenario:
     def close(self, failed: bool) -> None:
         if failed:
             print(self.logs())
+        self._sweeping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         for key in self.redis.scan_iter(f"{self.name}:held:*", count=1000):
             kind = key.decode().rsplit(":", 1)[1]
             for record in self.redis.hkeys(key):
@@ -317,7 +381,7 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
 @pytest.fixture
 def scenario(database_url: str, redis_url: str,
              request: pytest.FixtureRequest) -> Iterator[Scenario]:
-    world = Scenario(database_url, redis_url)
+    world = Scenario(database_url, redis_url, getattr(request, "param", GUARD))
     yield world
     report = getattr(request.node, "rep_call", None)
     world.close(failed=bool(report and report.failed))
