@@ -1,9 +1,10 @@
 """The Celery app the worker tests run: configured entirely from the environment.
 
 ``CLAIM_TEST_*`` variables name the broker, the claim database (possibly
-through a proxy), the table, the queue and a kombu key prefix, so each test
-has its own of everything; others set the lease, the visibility timeout and
-the time a body takes to load its record.
+through a proxy or a pooler), the table, the queue (and its type on
+RabbitMQ) and a kombu key prefix, so each test has its own of everything;
+others set the lease, the visibility timeout and the time a body takes to
+load its record.
 
 Every job exists twice, written two ways, with the same body:
 
@@ -80,6 +81,9 @@ app.conf.update(
     claim_table=TABLE,
     claim_lease_seconds=float(ENV.get("CLAIM_TEST_LEASE", "3")),
 )
+
+if ENV.get("CLAIM_TEST_QUEUE_TYPE") == "quorum":  # RabbitMQ quorum queues
+    app.conf.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum")
 
 meta = sa.MetaData()
 effects = sa.Table(

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import subprocess
 import sys
 import threading
+import time
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -40,6 +44,7 @@ from celery_claim.testing import (
     local_worker_node,
     publish_duplicates,
     stop_all,
+    wait_for,
     wait_until_drained,
 )
 
@@ -47,6 +52,8 @@ HERE = Path(__file__).parent
 GUARD = os.environ.get("CLAIM_SCENARIO_GUARD", "claim")
 if GUARD not in ("claim", "naive"):
     raise pytest.UsageError(f"CLAIM_SCENARIO_GUARD must be 'claim' or 'naive', not {GUARD!r}")
+
+AMQP_URL = os.environ.get("CELERY_CLAIM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 #: Run a scenario with the ClaimTasks and as its naive control.
 both_guards = pytest.mark.parametrize("scenario", ["claim", "naive"], indirect=True)
@@ -82,6 +89,23 @@ class Scenario:
         self._store: ClaimStore | None = None
         self._sweeping = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self.vhost: str | None = None
+
+    def use_rabbitmq(self, amqp_url: str, queue_type: str = "classic") -> None:
+        """RabbitMQ as the broker: a vhost of this scenario's own, deleted afterwards."""
+        parts = urllib.parse.urlsplit(amqp_url)
+        rabbitmqctl("add_vhost", self.name)
+        self.vhost = self.name
+        rabbitmqctl("set_permissions", "-p", self.name, parts.username or "guest",
+                    ".*", ".*", ".*")
+        self.broker_url = urllib.parse.urlunsplit(parts._replace(path=f"/{self.name}"))
+        self.env.update(CLAIM_TEST_BROKER=self.broker_url, CLAIM_TEST_QUEUE_TYPE=queue_type)
+
+    def amqp_messages(self) -> int:
+        """Messages in the vhost's queues, ready or delivered and not acknowledged."""
+        out = rabbitmqctl("list_queues", "-p", str(self.vhost), "name", "messages")
+        return sum(int(line.split()[-1]) for line in out.splitlines()
+                   if line.strip() and line.split()[-1].isdigit())
 
     # --- setting up --------------------------------------------------------------------
 
@@ -200,11 +224,31 @@ class Scenario:
         store = self.claim_store() if (self.claimed if claims is None else claims) else None
         if store is not None and not sa.inspect(self.engine).has_table(self.table):
             store = None  # no worker got as far as creating it
+        if self.vhost is not None:
+            self._drain_amqp(store, timeout, settle)
+            return
         try:
             wait_until_drained(self.broker_url, self.queues, key_prefix=f"{self.name}:",
                                store=store, settle=settle, timeout=timeout, interval=0.25)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def _drain_amqp(self, store: ClaimStore | None, timeout: float, settle: float) -> None:
+        quiet_since: list[float] = []
+        last: dict[str, int] = {}
+
+        def drained() -> bool:
+            last["running claims"] = (
+                len(store.list_claims(state="running", limit=100)) if store else 0)
+            last["messages"] = self.amqp_messages()
+            if any(last.values()):
+                quiet_since.clear()
+                return False
+            quiet_since.append(time.monotonic())
+            return quiet_since[-1] - quiet_since[0] >= settle
+
+        wait_for(drained, timeout, interval=0.5,
+                 message=lambda: f"work still in progress: {last}\n{self.logs()}")
 
     # --- holding bodies -------------------------------------------------------------------
 
@@ -348,6 +392,8 @@ class Scenario:
         self.engine.dispose()
         self.delete_keys(self.redis)
         self.redis.close()
+        if self.vhost is not None:
+            rabbitmqctl("delete_vhost", self.vhost)
         _clear_test_environment()
 
     def stop_workers(self) -> None:
@@ -364,6 +410,36 @@ class Scenario:
         keys += [k for k in client.scan_iter("_kombu*", count=1000) if self.name.encode() in k]
         if keys:
             client.delete(*keys)
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    """Skip locally, fail in CI (as tests/conftest.py's real-service fixtures do)."""
+    message = f"{what} is not reachable: {exc}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " (CI=true: real services are required)")
+    pytest.skip(message)
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` (the management API may not be enabled)."""
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        unavailable("rabbitmqctl", FileNotFoundError("rabbitmqctl is not on PATH"))
+    return subprocess.run([str(exe), "-q", *args], check=True, capture_output=True, text=True,
+                          timeout=120).stdout
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The RabbitMQ server the broker scenarios use."""
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        unavailable(f"RabbitMQ at {AMQP_URL}", exc)
+    return AMQP_URL
 
 
 def _clear_test_environment() -> None:
