@@ -62,6 +62,10 @@ LOAD_SECONDS = float(ENV.get("CLAIM_TEST_LOAD_SECONDS", "0.02"))
 #: A held body waits at most this long for the test's go.
 HOLD_SECONDS = float(ENV.get("CLAIM_TEST_HOLD_SECONDS", "60"))
 
+#: The claim database, as the workers reach it (possibly through a proxy or a pooler).
+DATABASE_URL = ENV.get("CLAIM_TEST_DATABASE_URL",
+                       "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
 app = Celery("claim_app", broker=ENV.get("CLAIM_TEST_BROKER", "redis://127.0.0.1:6379/15"))
 app.conf.update(
     task_default_queue=ENV.get("CLAIM_TEST_QUEUE", "claimtest"),
@@ -76,11 +80,24 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
-    claim_database_url=ENV.get("CLAIM_TEST_DATABASE_URL",
-                               "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    claim_database_url=DATABASE_URL,
     claim_table=TABLE,
     claim_lease_seconds=float(ENV.get("CLAIM_TEST_LEASE", "3")),
 )
+
+if ENV.get("CLAIM_TEST_PGBOUNCER"):  # the engine the docs give for PgBouncer
+    import importlib.util
+    import pathlib
+
+    _spec = importlib.util.spec_from_file_location("_pgbouncer_example", pathlib.Path(
+        __file__).parents[2] / "examples" / "operations" / "pgbouncer.py")
+    assert _spec is not None
+    assert _spec.loader is not None
+    _example = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_example)
+    # An engine in place of the URL (both at once is a configuration error).
+    app.conf.update(claim_engine=_example.pgbouncer_engine(DATABASE_URL),
+                    claim_database_url=None)
 
 if ENV.get("CLAIM_TEST_QUEUE_TYPE") == "quorum":  # RabbitMQ quorum queues
     app.conf.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum")
@@ -131,15 +148,18 @@ def _per_process(name: str, make: Callable[[], Any]) -> Any:
 
 def direct_engine() -> sa.Engine:
     """PostgreSQL without the proxy: observations are written even while it is cut."""
-    url = ENV.get("CLAIM_TEST_DIRECT_DATABASE_URL", app.conf.claim_database_url)
+    url = ENV.get("CLAIM_TEST_DIRECT_DATABASE_URL", DATABASE_URL)
     return _per_process(  # type: ignore[no-any-return]
         "engine", lambda: sa.create_engine(url, pool_pre_ping=True))
 
 
 def guard_engine() -> sa.Engine:
-    """The naive guard's connections: to the claim database, as the claims'."""
+    """The naive guard's connections: to the claim database, as the claims' (no prepared
+    statements through PgBouncer)."""
+    args = {"prepare_threshold": None} if ENV.get("CLAIM_TEST_PGBOUNCER") else {}
     return _per_process(  # type: ignore[no-any-return]
-        "guard", lambda: sa.create_engine(app.conf.claim_database_url, pool_pre_ping=True))
+        "guard", lambda: sa.create_engine(DATABASE_URL, pool_pre_ping=True,
+                                          connect_args=args))
 
 
 def markers() -> redis.Redis:
