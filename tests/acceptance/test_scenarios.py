@@ -173,9 +173,9 @@ def test_a_holder_paused_past_its_lease_loses_the_claim_and_its_writes(
     # IGNORED rather than FAILURE: the successor's result stays.
     env = {"CLAIM_TEST_LEASE": LEASE, "CLAIM_TEST_VISIBILITY_TIMEOUT": "5"}
     scenario.prepare(**env)
-    hold_queue = scenario.queue("hold")
+    hold_queue, live_queue = scenario.queue("hold"), scenario.queue("live")
     paused = scenario.worker("prefork", 2, queues=[hold_queue], **env)
-    scenario.worker("threads", 3, **env)
+    scenario.worker("threads", 3, queues=[live_queue], **env)
     scenario.ready()
     job, load, record = scenario.job("process"), scenario.sized(60, 6), 1000
 
@@ -187,8 +187,10 @@ def test_a_holder_paused_past_its_lease_loses_the_claim_and_its_writes(
     assert scenario.worker_of(holder) is paused
 
     paused.pause()
-    getattr(scenario.module, job).apply_async(  # the same message again
-        kwargs={"record_id": record, "hold": True}, task_id=task_id, queue=scenario.name)
+    # The same message again, to a worker that is not paused: a paused
+    # worker's pending BRPOP would take it off the queue and sit on it.
+    getattr(scenario.module, job).apply_async(
+        kwargs={"record_id": record, "hold": True}, task_id=task_id, queue=live_queue)
     wait_for(lambda: any(row.pid != holder for row in scenario.effect_rows(job, record)),
              timeout=60, interval=0.2,
              message=lambda: f"no takeover while the holder was paused\n{scenario.logs()}")
