@@ -49,6 +49,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 from celery import Celery, Task, signals
+from kombu import Exchange, Queue
 from sqlalchemy.dialects import postgresql
 
 from celery_claim import ClaimTask, claim_lost
@@ -100,7 +101,13 @@ if ENV.get("CLAIM_TEST_PGBOUNCER"):  # the engine the docs give for PgBouncer
                     claim_database_url=None)
 
 if ENV.get("CLAIM_TEST_QUEUE_TYPE") == "quorum":  # RabbitMQ quorum queues
-    app.conf.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum")
+    # Every queue declared as quorum (Celery 5.5 creates missing queues classic).
+    _names = [app.conf.task_default_queue,
+              *filter(None, ENV.get("CLAIM_TEST_EXTRA_QUEUES", "").split(","))]
+    app.conf.update(
+        task_default_queue_type="quorum", task_create_missing_queue_type="quorum",
+        task_queues=[Queue(name, Exchange(name), name,
+                           queue_arguments={"x-queue-type": "quorum"}) for name in _names])
 
 meta = sa.MetaData()
 effects = sa.Table(

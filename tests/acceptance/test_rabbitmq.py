@@ -59,9 +59,9 @@ def test_a_killed_worker_is_taken_over(rabbit: Scenario) -> None:
     # A pool process and a whole worker die holding a body, its effect
     # written: RabbitMQ requeues their messages at once, and the lease
     # decides who may run them.
-    env = {"CLAIM_TEST_LEASE": LEASE}
-    rabbit.prepare(**env)
     child_queue, machine_queue = rabbit.queue("child"), rabbit.queue("machine")
+    env = {"CLAIM_TEST_LEASE": LEASE, "CLAIM_TEST_EXTRA_QUEUES": f"{child_queue},{machine_queue}"}
+    rabbit.prepare(**env)
     prefork = rabbit.worker("prefork", 2, queues=[child_queue], **env)
     machine = rabbit.worker("threads", 3, queues=[machine_queue], **env)
     rabbit.ready()
