@@ -22,7 +22,7 @@ from conftest import Scenario, both_guards
 
 from celery_claim.testing import RedisServer, TcpProxy, wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.floor]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 #: A short lease, so that takeovers of dead or paused holders come soon.
 LEASE = "2"
