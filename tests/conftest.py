@@ -136,3 +136,20 @@ def make_app(table_name: str) -> Iterator[Callable[..., Celery]]:
                 del task_module._stores[key]
         _drop(url, table_name)
         app.close()
+
+
+#: Each directory under tests/ is one tier; a test gets its directory's marker.
+TIERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with exactly one tier, the directory it lives in."""
+    root = config.rootpath / "tests"
+    for item in items:
+        try:
+            tier = item.path.relative_to(root).parts[0]
+        except ValueError:
+            continue  # not under tests/ (a path given on the command line elsewhere)
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(getattr(pytest.mark, tier))

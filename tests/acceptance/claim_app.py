@@ -1,18 +1,27 @@
 """The Celery app the worker tests run: configured entirely from the environment.
 
 ``CLAIM_TEST_*`` variables name the broker, the claim database (possibly
-through a proxy), the table, the queue and a kombu key prefix, so each test
-has its own of everything; others set the lease, the visibility timeout and
-the time a body takes to load its record.
+through a proxy or a pooler), the table, the queue (and its type on
+RabbitMQ) and a kombu key prefix, so each test has its own of everything;
+others set the lease, the visibility timeout and the time a body takes to
+load its record.
 
 Every job exists twice, written two ways, with the same body:
 
 * ``process`` / ``charge``: :class:`ClaimTask`, keyed by the task id and by
   the order; the body's effect is written in ``self.claim.atomic()``;
-* ``naive_process`` / ``naive_charge``: the classic check-then-act guard
-  (``record = fetch_unclaimed(id); if not record.claimed: record.claimed =
-  True; save(record); process(record)``), with the same delivery options
-  (``acks_late``, ``reject_on_worker_lost``) and the same retries.
+* ``naive_process`` / ``naive_charge``: the same policy written as the classic
+  check-then-act guard (``record = load(id); if record is done: skip; if
+  record is held and its lease is current: look again after the lease; else
+  record.held_until = now + lease; save(record); process(record); mark
+  done``), with the same delivery options (``acks_late``,
+  ``reject_on_worker_lost``) and the same retries. It has no single
+  conditional write, no heartbeat, no fencing and no transaction around the
+  body's writes: each scenario shows which of those it needed.
+
+Neither version retries on database errors of its own: a store failure
+inside a claimed body is the library's to handle (fail closed, run again
+later); a naive body that meets one fails, as it would in an app.
 
 A body counts its start in Redis (so a body that ran unclaimed shows), loads
 its record (``CLAIM_TEST_LOAD_SECONDS``, the window between check and act in
@@ -40,9 +49,10 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 from celery import Celery, Task, signals
+from kombu import Exchange, Queue
 from sqlalchemy.dialects import postgresql
 
-from celery_claim import ClaimStoreError, ClaimTask, claim_lost
+from celery_claim import ClaimTask, claim_lost
 
 ENV = os.environ
 PREFIX = ENV.get("CLAIM_TEST_PREFIX", "claimtest")
@@ -52,6 +62,10 @@ BODY_SLEEP = float(ENV.get("CLAIM_TEST_BODY_SLEEP", "0.005"))
 LOAD_SECONDS = float(ENV.get("CLAIM_TEST_LOAD_SECONDS", "0.02"))
 #: A held body waits at most this long for the test's go.
 HOLD_SECONDS = float(ENV.get("CLAIM_TEST_HOLD_SECONDS", "60"))
+
+#: The claim database, as the workers reach it (possibly through a proxy or a pooler).
+DATABASE_URL = ENV.get("CLAIM_TEST_DATABASE_URL",
+                       "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 app = Celery("claim_app", broker=ENV.get("CLAIM_TEST_BROKER", "redis://127.0.0.1:6379/15"))
 app.conf.update(
@@ -67,11 +81,33 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
-    claim_database_url=ENV.get("CLAIM_TEST_DATABASE_URL",
-                               "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    claim_database_url=DATABASE_URL,
     claim_table=TABLE,
     claim_lease_seconds=float(ENV.get("CLAIM_TEST_LEASE", "3")),
 )
+
+if ENV.get("CLAIM_TEST_PGBOUNCER"):  # the engine the docs give for PgBouncer
+    import importlib.util
+    import pathlib
+
+    _spec = importlib.util.spec_from_file_location("_pgbouncer_example", pathlib.Path(
+        __file__).parents[2] / "examples" / "operations" / "pgbouncer.py")
+    assert _spec is not None
+    assert _spec.loader is not None
+    _example = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_example)
+    # An engine in place of the URL (both at once is a configuration error).
+    app.conf.update(claim_engine=_example.pgbouncer_engine(DATABASE_URL),
+                    claim_database_url=None)
+
+if ENV.get("CLAIM_TEST_QUEUE_TYPE") == "quorum":  # RabbitMQ quorum queues
+    # Every queue declared as quorum (Celery 5.5 creates missing queues classic).
+    _names = [app.conf.task_default_queue,
+              *filter(None, ENV.get("CLAIM_TEST_EXTRA_QUEUES", "").split(","))]
+    app.conf.update(
+        task_default_queue_type="quorum", task_create_missing_queue_type="quorum",
+        task_queues=[Queue(name, Exchange(name), name,
+                           queue_arguments={"x-queue-type": "quorum"}) for name in _names])
 
 meta = sa.MetaData()
 effects = sa.Table(
@@ -95,12 +131,13 @@ observations = sa.Table(
     sa.Column("hostname", sa.String(255)),
     sa.Column("pid", sa.Integer),
 )
-#: The naive guard's flags: one row per record, claimed or not.
+#: The naive guard's records: held until a time, or done.
 records = sa.Table(
     f"{TABLE}_records", meta,
     sa.Column("kind", sa.String(20), primary_key=True),
     sa.Column("record_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("claimed", sa.Boolean, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False),
+    sa.Column("held_until", sa.DateTime(timezone=True), nullable=False),
 )
 
 _local: dict[str, Any] = {}
@@ -118,15 +155,18 @@ def _per_process(name: str, make: Callable[[], Any]) -> Any:
 
 def direct_engine() -> sa.Engine:
     """PostgreSQL without the proxy: observations are written even while it is cut."""
-    url = ENV.get("CLAIM_TEST_DIRECT_DATABASE_URL", app.conf.claim_database_url)
+    url = ENV.get("CLAIM_TEST_DIRECT_DATABASE_URL", DATABASE_URL)
     return _per_process(  # type: ignore[no-any-return]
         "engine", lambda: sa.create_engine(url, pool_pre_ping=True))
 
 
 def guard_engine() -> sa.Engine:
-    """The naive guard's connections: to the claim database, as the claims'."""
+    """The naive guard's connections: to the claim database, as the claims' (no prepared
+    statements through PgBouncer)."""
+    args = {"prepare_threshold": None} if ENV.get("CLAIM_TEST_PGBOUNCER") else {}
     return _per_process(  # type: ignore[no-any-return]
-        "guard", lambda: sa.create_engine(app.conf.claim_database_url, pool_pre_ping=True))
+        "guard", lambda: sa.create_engine(DATABASE_URL, pool_pre_ping=True,
+                                          connect_args=args))
 
 
 def markers() -> redis.Redis:
@@ -138,10 +178,9 @@ class Flaky(Exception):
     """A failure injected at random; the task retries."""
 
 
-#: What the tasks retry on: injected failures and a claim database that
-#: went away under the body (its atomic() writes were rolled back).
-RETRY_ON = (Flaky, sa.exc.DBAPIError, ClaimStoreError)
-RETRIES = {"autoretry_for": RETRY_ON, "max_retries": 30, "default_retry_delay": 0.2}
+#: What the tasks retry on: only the failures the tests inject. A store
+#: failure under a claimed body is the library's own to handle.
+RETRIES = {"autoretry_for": (Flaky,), "max_retries": 30, "default_retry_delay": 0.2}
 
 
 # --- the body, shared by both versions ---------------------------------------------
@@ -208,20 +247,26 @@ def claimed_body(task: ClaimTask, kind: str, record_id: int, sleep: float = 0.0,
 
 # --- the naive guard: check, then act ------------------------------------------------
 
-def fetch_unclaimed(kind: str, record_id: int) -> bool:
-    """True if the record is not claimed yet (one read, then the record is loaded)."""
+def naive_check(kind: str, record_id: int) -> str:
+    """``take``, ``done`` or ``held`` (one read, then the record is loaded)."""
     with guard_engine().connect() as conn:
-        claimed = conn.execute(sa.select(records.c.claimed).where(
-            records.c.kind == kind, records.c.record_id == record_id)).scalar()
+        row = conn.execute(sa.select(records.c.done, records.c.held_until > sa.func.now())
+                           .where(records.c.kind == kind,
+                                  records.c.record_id == record_id)).first()
     time.sleep(LOAD_SECONDS)  # load the record: the window between check and act
-    return not claimed
+    if row is None:
+        return "take"
+    done, held = row
+    return "done" if done else "held" if held else "take"
 
 
-def save_claimed(kind: str, record_id: int) -> None:
-    statement = postgresql.insert(records).values(kind=kind, record_id=record_id, claimed=True)
+def save_record(kind: str, record_id: int, *, done: bool) -> None:
+    lease = sa.func.now() + sa.text(f"interval '{float(app.conf.claim_lease_seconds)} seconds'")
+    values = {"done": done, "held_until": lease}
+    statement = postgresql.insert(records).values(kind=kind, record_id=record_id, **values)
     with guard_engine().begin() as conn:
         conn.execute(statement.on_conflict_do_update(
-            index_elements=[records.c.kind, records.c.record_id], set_={"claimed": True}))
+            index_elements=[records.c.kind, records.c.record_id], set_=values))
 
 
 def naive_write(task: Task, kind: str, record_id: int) -> Callable[[], int]:
@@ -234,12 +279,17 @@ def naive_write(task: Task, kind: str, record_id: int) -> Callable[[], int]:
 
 def naive_body(task: Task, kind: str, record_id: int, sleep: float = 0.0,
                fail_rate: float = 0.0, hold: bool = False) -> dict[str, Any]:
-    if not fetch_unclaimed(kind, record_id):
+    verdict = naive_check(kind, record_id)
+    if verdict == "done":
         return {"record_id": record_id, "skipped": True}
-    save_claimed(kind, record_id)
+    if verdict == "held":  # ClaimTask's defer: look again after the lease
+        raise task.retry(countdown=float(app.conf.claim_lease_seconds), max_retries=None)
+    save_record(kind, record_id, done=False)
     starts = body_started(kind, record_id)
-    return run_body(task, kind, record_id, naive_write(task, kind, record_id),
-                    sleep, fail_rate, hold, starts)
+    result = run_body(task, kind, record_id, naive_write(task, kind, record_id),
+                      sleep, fail_rate, hold, starts)
+    save_record(kind, record_id, done=True)
+    return result
 
 
 # shared=False throughout: the scenarios reload this module, and shared tasks

@@ -4,17 +4,30 @@ Each test gets its own claim table, effects and observations tables, Redis
 queue and kombu key prefix; everything is removed afterwards, and every
 worker is stopped (its log is printed when the test failed).
 
-``CLAIM_SCENARIO_GUARD=naive`` runs the scenarios with the naive
-check-then-act tasks in place of the ClaimTasks (``scenario.job("process")``
-is then ``"naive_process"``): every scenario must fail that way, or it could
-not see the failure it is there to rule out.
+A fault scenario runs twice (``both_guards``): with the ClaimTasks, and with
+the naive check-then-act tasks in their place (``scenario.job("process")`` is
+then ``"naive_process"``), on fewer jobs. :meth:`Scenario.assert_outcome`
+asserts each record ran once under the claim, and that the naive control
+doubled or lost some: a scenario whose control shows nothing cannot see the
+failure it is there to rule out. ``CLAIM_SCENARIO_GUARD=naive`` runs every
+other scenario with the naive tasks too (they must fail).
+
+Before kombu 5.7 the Redis transport sweeps for messages past their
+visibility timeout on a fixed schedule (about every 100 s): there the
+scenario runs kombu's own sweep (``QoS.restore_visible``) every second from
+the test process, the interval the app configures for kombu 5.7.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import subprocess
 import sys
+import threading
+import time
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +36,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from kombu.transport import redis as kombu_redis
 
 from celery_claim import ClaimStore
 from celery_claim.testing import (
@@ -30,6 +44,7 @@ from celery_claim.testing import (
     local_worker_node,
     publish_duplicates,
     stop_all,
+    wait_for,
     wait_until_drained,
 )
 
@@ -37,6 +52,17 @@ HERE = Path(__file__).parent
 GUARD = os.environ.get("CLAIM_SCENARIO_GUARD", "claim")
 if GUARD not in ("claim", "naive"):
     raise pytest.UsageError(f"CLAIM_SCENARIO_GUARD must be 'claim' or 'naive', not {GUARD!r}")
+
+AMQP_URL = os.environ.get("CELERY_CLAIM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+#: Run a scenario with the ClaimTasks and as its naive control. The claimed
+#: run also runs at the lowest supported releases (marker ``floor``): it is
+#: what depends on Celery's and kombu's acking and re-delivery.
+both_guards = pytest.mark.parametrize(
+    "scenario", [pytest.param("claim", marks=pytest.mark.floor), "naive"], indirect=True)
+
+#: kombu 5.7 sweeps for unacknowledged Redis messages as often as configured.
+KOMBU_SWEEPS_AS_CONFIGURED = hasattr(kombu_redis.Channel, "unacked_restore_interval")
 
 
 class Scenario:
@@ -64,6 +90,41 @@ class Scenario:
         self.redis = redis.Redis.from_url(redis_url)
         self.module: Any = None
         self._store: ClaimStore | None = None
+        self._sweeping = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self.vhost: str | None = None
+
+    def use_rabbitmq(self, amqp_url: str, queue_type: str = "classic") -> None:
+        """RabbitMQ as the broker: a vhost of this scenario's own, deleted afterwards."""
+        parts = urllib.parse.urlsplit(amqp_url)
+        rabbitmqctl("add_vhost", self.name)
+        self.vhost = self.name
+        rabbitmqctl("set_permissions", "-p", self.name, parts.username or "guest",
+                    ".*", ".*", ".*")
+        self.broker_url = urllib.parse.urlunsplit(parts._replace(path=f"/{self.name}"))
+        self.env.update(CLAIM_TEST_BROKER=self.broker_url, CLAIM_TEST_QUEUE_TYPE=queue_type)
+
+    def amqp_messages(self) -> int:
+        """Messages in the vhost's queues, ready or delivered and not acknowledged."""
+        out = rabbitmqctl("list_queues", "-p", str(self.vhost), "name", "messages")
+        return sum(int(line.split()[-1]) for line in out.splitlines()
+                   if line.strip() and line.split()[-1].isdigit())
+
+    def amqp_ready(self) -> int:
+        """Messages ready in this scenario's queues and in Celery's delay queues (cheap:
+        passive declares; messages delivered and not acknowledged are not counted)."""
+        from kombu import Connection
+
+        names = [*self.queues, *(f"celery_delayed_{n}" for n in range(28))]
+        ready = 0
+        with Connection(self.broker_url, connect_timeout=5) as conn:
+            channel = conn.channel()
+            for name in names:
+                try:
+                    ready += channel.queue_declare(queue=name, passive=True).message_count
+                except conn.channel_errors:  # no such queue: the channel is closed
+                    channel = conn.channel()
+        return ready
 
     # --- setting up --------------------------------------------------------------------
 
@@ -113,7 +174,30 @@ class Scenario:
                                loglevel="INFO")
         self.workers.append(worker)
         worker.start()
+        if self.broker_url.startswith("redis") and not KOMBU_SWEEPS_AS_CONFIGURED:
+            self._start_sweeping()
         return worker
+
+    def sized(self, claimed: int, naive: int) -> range:
+        """Records ``0..n``: more under the claim, a handful for the naive control."""
+        return range(claimed if self.claimed else naive)
+
+    def _start_sweeping(self) -> None:
+        """kombu's own sweep for messages past their visibility timeout, every second."""
+        if self._sweeper is not None:
+            return
+        app = self.module.app
+
+        def sweep() -> None:
+            while not self._sweeping.wait(1.0):
+                try:
+                    with app.connection_for_read(self.broker_url) as conn:
+                        conn.default_channel.qos.restore_visible(num=1000, interval=1)
+                except Exception:  # the broker may be restarting: sweep again
+                    continue
+
+        self._sweeper = threading.Thread(target=sweep, name="kombu-sweep", daemon=True)
+        self._sweeper.start()
 
     def ready(self) -> None:
         for worker in self.workers:
@@ -159,11 +243,38 @@ class Scenario:
         store = self.claim_store() if (self.claimed if claims is None else claims) else None
         if store is not None and not sa.inspect(self.engine).has_table(self.table):
             store = None  # no worker got as far as creating it
+        if self.vhost is not None:
+            self._drain_amqp(store, timeout, settle)
+            return
         try:
             wait_until_drained(self.broker_url, self.queues, key_prefix=f"{self.name}:",
                                store=store, settle=settle, timeout=timeout, interval=0.25)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def _drain_amqp(self, store: ClaimStore | None, timeout: float, settle: float) -> None:
+        quiet_since: list[float] = []
+        last: dict[str, int] = {}
+
+        def drained() -> bool:
+            last["running claims"] = (
+                len(store.list_claims(state="running", limit=100)) if store else 0)
+            last["ready messages"] = self.amqp_ready()
+            if any(last.values()):
+                quiet_since.clear()
+                return False
+            quiet_since.append(time.monotonic())
+            if quiet_since[-1] - quiet_since[0] < settle:
+                return False
+            # Quiet for a while: now the (slow) count of unacknowledged messages too.
+            last["messages"] = self.amqp_messages()
+            if last.pop("messages"):
+                quiet_since.clear()
+                return False
+            return True
+
+        wait_for(drained, timeout, interval=0.5,
+                 message=lambda: f"work still in progress: {last}\n{self.logs()}")
 
     # --- holding bodies -------------------------------------------------------------------
 
@@ -229,6 +340,26 @@ class Scenario:
             params["like"] = retval_like
         return int(self.scalar(sql, **params))
 
+    def failures(self, kind: str, records: Iterable[int]) -> tuple[dict[int, int], list[int]]:
+        """Records that ran more than once (with their effect counts), and records lost."""
+        effects = self.effects_per_record(kind)
+        doubled = {r: n for r, n in sorted(effects.items()) if n > 1}
+        return doubled, sorted(set(records) - set(effects))
+
+    def assert_outcome(self, kind: str, records: Iterable[int]) -> None:
+        """The claim runs each record once; its naive control doubles or loses some."""
+        expected = list(records)
+        if self.claimed:
+            self.assert_each_once(kind, expected)
+            doubled, lost = self.failures(kind, expected)
+        else:
+            doubled, lost = self.failures(kind, expected)
+            assert doubled or lost, (
+                f"the naive control ran each of {len(expected)} records once: the scenario "
+                "cannot see the failure it rules out")
+        print(f"OUTCOME guard={self.guard} kind={kind} records={len(expected)} "
+              f"doubled={len(doubled)} lost={len(lost)}")
+
     def assert_each_once(self, kind: str, records: Iterable[int]) -> None:
         """Exactly one effect per record, none lost; under claims, each committed by its claim.
 
@@ -271,6 +402,9 @@ class Scenario:
     def close(self, failed: bool) -> None:
         if failed:
             print(self.logs())
+        self._sweeping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         for key in self.redis.scan_iter(f"{self.name}:held:*", count=1000):
             kind = key.decode().rsplit(":", 1)[1]
             for record in self.redis.hkeys(key):
@@ -284,6 +418,8 @@ class Scenario:
         self.engine.dispose()
         self.delete_keys(self.redis)
         self.redis.close()
+        if self.vhost is not None:
+            rabbitmqctl("delete_vhost", self.vhost)
         _clear_test_environment()
 
     def stop_workers(self) -> None:
@@ -302,6 +438,36 @@ class Scenario:
             client.delete(*keys)
 
 
+def unavailable(what: str, exc: BaseException) -> None:
+    """Skip locally, fail in CI (as tests/conftest.py's real-service fixtures do)."""
+    message = f"{what} is not reachable: {exc}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " (CI=true: real services are required)")
+    pytest.skip(message)
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` (the management API may not be enabled)."""
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        unavailable("rabbitmqctl", FileNotFoundError("rabbitmqctl is not on PATH"))
+    return subprocess.run([str(exe), "-q", *args], check=True, capture_output=True, text=True,
+                          timeout=120).stdout
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The RabbitMQ server the broker scenarios use."""
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        unavailable(f"RabbitMQ at {AMQP_URL}", exc)
+    return AMQP_URL
+
+
 def _clear_test_environment() -> None:
     for name in [name for name in os.environ if name.startswith("CLAIM_TEST_")]:
         del os.environ[name]
@@ -317,7 +483,7 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
 @pytest.fixture
 def scenario(database_url: str, redis_url: str,
              request: pytest.FixtureRequest) -> Iterator[Scenario]:
-    world = Scenario(database_url, redis_url)
+    world = Scenario(database_url, redis_url, getattr(request, "param", GUARD))
     yield world
     report = getattr(request.node, "rep_call", None)
     world.close(failed=bool(report and report.failed))

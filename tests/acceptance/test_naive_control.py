@@ -1,14 +1,14 @@
 """The control: the naive check-then-act guard must show duplicates in this harness.
 
-The classic guard, ``record = fetch_unclaimed(id); if not record.claimed:
-record.claimed = True; save(record); process(record)``, and the ClaimTask run
-side by side in one run: the same workers, the same queue, every job's
-copies published back to back, the naive task's next to the claimed one's.
+The classic guard (``claim_app``'s check-then-act: read the record, decide,
+then save it as held), and the ClaimTask run side by side in one run: the
+same workers, the same queue, every job's copies published back to back, the
+naive task's next to the claimed one's.
 Nothing widens the race window: the naive task reads, then writes, with no
 pause between. It must double some records, and the ClaimTask none. If the
 naive task ever stops doubling, the harness has gone blind to the race, and
-every passing scenario in ``test_scenarios.py`` proves nothing: this test
-fails then.
+every passing scenario proves nothing: this test fails then. (Each fault
+scenario also runs its own naive control.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 from conftest import Scenario
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.floor]
 
 RECORDS = 100
 COPIES = 4

@@ -7,10 +7,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 import sqlalchemy as sa
+from celery import Celery
 from examples_loader import ROOT, load
 
 from celery_claim import ClaimStore
@@ -83,16 +85,34 @@ def test_own_engines_for_direct_connections_and_pgbouncer(fresh_database: str) -
     bouncer = mod.pgbouncer_engine(fresh_database)
     with bouncer.connect() as conn:
         assert conn.connection.dbapi_connection.prepare_threshold is None
-    app = mod.app
-    app.conf.claim_engine = bouncer
 
-    @app.task(base=__import__("celery_claim").ClaimTask, bind=True, shared=False,
-              claim_key="job:{n}", name="proj.job")
-    def job(self: object, n: int) -> int:
-        return n
+    def prepared_after_claims(engine: sa.Engine, app: Celery) -> int:
+        """Prepared statements on the claim connections after claims past the threshold."""
+        opened: list[Any] = []
+        engine.dispose()  # every claim connection is a new one, seen connecting
+        sa.event.listen(engine, "connect", lambda dbapi, _record: opened.append(dbapi))
+        app.conf.claim_engine = engine
 
-    for _ in range(8):  # past psycopg's prepare threshold: still no prepared statement
-        assert job.apply((1,)).get() == 1
+        @app.task(base=__import__("celery_claim").ClaimTask, bind=True, shared=False,
+                  claim_key="job:{n}", name="proj.job")
+        def job(self: object, n: int) -> int:
+            return n
+
+        for n in range(8):  # past psycopg's prepare threshold
+            assert job.apply((n,)).get() == n
+        assert opened, "the claims opened no connection of this engine"
+        found = 0
+        for dbapi in opened:
+            if not dbapi.closed:
+                row = dbapi.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+                found += row[0]
+                dbapi.rollback()
+        job.claim_store.dispose()
+        return found
+
+    # The control: straight to PostgreSQL the claim statements are prepared.
+    assert prepared_after_claims(direct, Celery("direct", set_as_current=False)) > 0
+    assert prepared_after_claims(bouncer, mod.app) == 0
     direct.dispose()
     bouncer.dispose()
 

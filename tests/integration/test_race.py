@@ -1,7 +1,12 @@
 """Many processes race for the same keys: exactly one winner per acquisition.
 
-The naive check-then-act guard runs through the same harness and must show
-double winners, or the harness could not see the race at all.
+Three races, each run many times behind a barrier: for a released key, for a
+key nobody has seen (the INSERT) and for a key whose holder's lease lapsed
+(the takeover). The winners are checked against the database: each key's
+token and attempt count the acquisitions that really happened, and its
+holder is the racer that won. The naive check-then-act guard runs through
+the same harness and must show double winners in the database too, or the
+harness could not see the race at all.
 """
 
 from __future__ import annotations
@@ -12,29 +17,46 @@ from collections import Counter, defaultdict
 
 import pytest
 import racers
+import sqlalchemy as sa
 
 from celery_claim import ClaimStore
 
 RACERS = 8
-ROUNDS = 600
+ROUNDS = 200
 KEYS = 40
 
+Wins = dict[int, list[tuple[int, int]]]
 
-def run_race(url: str, store: ClaimStore, naive: bool) -> dict[int, list[tuple[int, int]]]:
-    # Every key starts released, so each round is a fresh race for it.
-    for n in range(KEYS):
-        won = store.acquire(f"key-{n}", task_name="race", task_id="seed", owner="seed",
+
+def seed(store: ClaimStore, mode: str) -> None:
+    """Released keys, or keys held by a holder whose lease has lapsed (none for fresh)."""
+    if mode == "fresh":
+        return
+    count = KEYS if mode == "released" else ROUNDS
+    for n in range(count):
+        key = racers.key_of(mode, n, KEYS)
+        won = store.acquire(key, task_name="race", task_id="seed", owner="seed",
                             payload_digest=None, lease_seconds=60)
         assert won is not None
-        store.release(f"key-{n}", won.token, ttl_seconds=60)
+        if mode == "released":
+            assert store.release(key, won.token, ttl_seconds=60)
+    if mode == "lapsed":
+        with store.engine.begin() as conn:  # the holder stopped renewing a while ago
+            conn.execute(sa.update(store.table)
+                         .values(lease_expires_at=sa.func.now() - sa.text("interval '1 second'")))
+
+
+def run_race(url: str, store: ClaimStore, mode: str, naive: bool) -> Wins:
+    seed(store, mode)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(RACERS, timeout=60)
     results = ctx.Queue()
-    procs = [ctx.Process(target=racers.race, args=(url, store.table_name, naive, ROUNDS, KEYS,
-                                                   barrier, results, n)) for n in range(RACERS)]
+    procs = [ctx.Process(target=racers.race, args=(url, store.table_name, mode, naive, ROUNDS,
+                                                   KEYS, barrier, results, n))
+             for n in range(RACERS)]
     for proc in procs:
         proc.start()
-    wins: dict[int, list[tuple[int, int]]] = {}
+    wins: Wins = {}
     try:
         for _ in procs:
             racer, racer_wins, error = results.get(timeout=240)
@@ -50,29 +72,61 @@ def run_race(url: str, store: ClaimStore, naive: bool) -> dict[int, list[tuple[i
     return wins
 
 
-def winners_per_round(wins: dict[int, list[tuple[int, int]]]) -> Counter[int]:
+def winners_per_round(wins: Wins) -> Counter[int]:
     return Counter(round_ for racer_wins in wins.values() for round_, _ in racer_wins)
 
 
-def test_exactly_one_winner_per_key_and_acquisition(database_url: str,
-                                                    pg_store: ClaimStore) -> None:
-    wins = run_race(database_url, pg_store, naive=False)
+def rows(store: ClaimStore) -> dict[str, sa.Row[tuple[int, int, str]]]:
+    t = store.table
+    with store.engine.connect() as conn:
+        found = conn.execute(sa.select(t.c.key, t.c.token, t.c.attempt, t.c.task_id))
+        return {row.key: row for row in found}
+
+
+def acquisitions_beyond_one(store: ClaimStore, mode: str) -> int:
+    """Acquisitions the database counts beyond the one each round should have."""
+    found = rows(store)
+    if mode == "released":  # the seed's acquisition, then one per round
+        expected = Counter(racers.key_of(mode, n, KEYS) for n in range(ROUNDS))
+        return sum(found[key].attempt - 1 - n for key, n in expected.items())
+    base = 0 if mode == "fresh" else 1  # the lapsed holder's acquisition
+    return sum(found[racers.key_of(mode, n, KEYS)].attempt - base - 1 for n in range(ROUNDS))
+
+
+@pytest.mark.parametrize("mode", racers.MODES)
+def test_exactly_one_winner_per_key_and_acquisition(database_url: str, pg_store: ClaimStore,
+                                                    mode: str) -> None:
+    wins = run_race(database_url, pg_store, mode, naive=False)
     per_round = winners_per_round(wins)
     assert sorted(per_round) == list(range(ROUNDS)), "a round had no winner"
     assert set(per_round.values()) == {1}, "a round had more than one winner"
-    # Fencing tokens: each acquisition of a key gets the next token.
+
+    # The database agrees: one acquisition per round, made by the racer that won it.
+    found = rows(pg_store)
+    assert acquisitions_beyond_one(pg_store, mode) == 0
+    winner = {round_: racer for racer, racer_wins in wins.items() for round_, _ in racer_wins}
     tokens: dict[str, list[int]] = defaultdict(list)
-    for round_, token in sorted(w for racer_wins in wins.values() for w in racer_wins):
-        tokens[f"key-{round_ % KEYS}"].append(token)
+    for round_ in range(ROUNDS):
+        key = racers.key_of(mode, round_, KEYS)
+        tokens[key].append(dict(wins[winner[round_]])[round_])
     for key, seen in tokens.items():
-        assert seen == list(range(2, 2 + len(seen))), key
-    assert len({r for racer_wins in wins.values() for r, _ in racer_wins}) == ROUNDS
+        row = found[key]
+        first = 1 if mode == "fresh" else 2  # a seeded key was acquired once before
+        assert seen == list(range(first, first + len(seen))), key
+        assert (row.token, row.attempt) == (seen[-1], seen[-1]), (key, row)
+        if mode != "released":
+            assert row.task_id == f"r{winner[int(key.rsplit('-', 1)[1])]}", (key, row)
 
 
+@pytest.mark.parametrize("mode", racers.MODES)
 def test_control_naive_check_then_act_has_double_winners(database_url: str,
-                                                         pg_store: ClaimStore) -> None:
-    wins = run_race(database_url, pg_store, naive=True)
+                                                         pg_store: ClaimStore,
+                                                         mode: str) -> None:
+    wins = run_race(database_url, pg_store, mode, naive=True)
     per_round = winners_per_round(wins)
     doubled = sum(1 for count in per_round.values() if count > 1)
-    print(f"naive guard: {doubled} of {ROUNDS} rounds had more than one winner")
+    extra = acquisitions_beyond_one(pg_store, mode)
+    print(f"naive guard, {mode} keys: {doubled} of {ROUNDS} rounds had more than one winner; "
+          f"the database counts {extra} acquisitions too many")
     assert doubled > 0, "the harness did not see the race: it proves nothing"
+    assert extra > 0, "the database shows no double acquisition"

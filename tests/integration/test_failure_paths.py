@@ -1,4 +1,4 @@
-"""Review findings in the core, each shown as a test of what the design promises.
+"""What a claimed task does when something around its body fails, in one process.
 
 In-process tests: a worker's request is simulated the way
 ``test_semantics.test_self_retry_releases_before_the_next_attempt_is_published``
@@ -26,7 +26,7 @@ def _as_worker(task: Any, task_id: str, args: tuple[Any, ...]) -> None:
     """Push a request as a worker builds it: not eager, so publishing is real."""
     task.push_request(id=task_id, retries=0, is_eager=False, called_directly=False,
                       delivery_info={"routing_key": "celery", "exchange": ""}, args=args,
-                      kwargs={}, headers=None, hostname="review@host")
+                      kwargs={}, headers=None, hostname="worker@host")
 
 
 @pytest.fixture
@@ -37,16 +37,15 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[Signature]:
     return seen
 
 
-# --- F1: a deferred duplicate whose re-publish fails ----------------------------------
+# --- a deferred duplicate whose re-publish fails --------------------------------------
 
 def test_deferred_duplicate_is_requeued_when_the_broker_refuses_the_republish(
         make_app: Callable[..., Celery], database_url: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Defer re-publishes, then acks with Ignore. If the broker refuses the
-    re-publish, the broker error escapes ``__call__``: Celery records FAILURE
-    under the task id (with the default key, the *holder's* task id) and acks
-    the message. ``_retry_later`` already handles this case with
-    ``Reject(requeue=True)``; the defer path should too."""
+    re-publish, the duplicate is rejected with ``requeue=True``: a broker error
+    escaping ``__call__`` would record FAILURE under the task id (with the
+    default key, the *holder's* task id) and ack the message."""
     app = make_app(database_url)
 
     @app.task(base=ClaimTask, bind=True, shared=False)
@@ -73,7 +72,7 @@ def test_deferred_duplicate_is_requeued_when_the_broker_refuses_the_republish(
         job.pop_request()
 
 
-# --- F2: an error of the body's own writes at COMMIT is not a store outage ------------
+# --- an error of the body's own writes at COMMIT is not a store outage ----------------
 
 @pytest.fixture
 def deferred_unique(database_url: str, table_name: str) -> str:
@@ -91,9 +90,9 @@ def test_a_commit_time_constraint_violation_fails_the_task_instead_of_looping(
         make_app: Callable[..., Celery], database_url: str, deferred_unique: str,
         published: list[Signature]) -> None:
     """The body's atomic() writes violate a deferred constraint, so COMMIT
-    fails. That is the body's failure, the same on every attempt. Today it is
-    reported as ``claim_store_error`` (operation ``complete``), the claim is
-    released and the task re-published to run again 1 s later: forever."""
+    fails. That is the body's failure, the same on every attempt: the claim is
+    marked failed and nothing is re-published (retrying it as a store outage
+    would loop forever)."""
     app = make_app(database_url)
 
     @app.task(base=ClaimTask, bind=True, claim_key="dup:{n}", shared=False)
@@ -115,10 +114,11 @@ def test_a_commit_time_constraint_violation_fails_the_task_instead_of_looping(
     assert record.state == "failed"
 
 
-# --- F3: fencing tokens restart at 1 after a purge ------------------------------------
+# --- fencing tokens restart at 1 after a purge ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="known limitation (docs/guarantees.md): a purged key "
-                   "starts again at token 1")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="known limitation (docs/guarantees.md): a purged key starts again "
+                   "at token 1")
 def test_a_paused_holder_cannot_complete_a_later_acquisition_after_a_purge(
         pg_store: ClaimStore) -> None:
     """A holds token 1 and pauses past its lease; B takes over (token 2) and
@@ -144,14 +144,14 @@ def test_a_paused_holder_cannot_complete_a_later_acquisition_after_a_purge(
         f"A's stale token {a.token} completed C's claim (token {c.token})"
 
 
-# --- F4: self.retry(args=...) of the same task is refused as a payload mismatch --------
+# --- self.retry(args=...) of the same task --------------------------------------------
 
 def test_retry_with_new_arguments_is_not_a_payload_mismatch(
         make_app: Callable[..., Celery], any_url: str) -> None:
     """Celery documents ``self.retry(args=..., kwargs=...)`` to change the next
-    attempt's arguments (a cursor, a smaller batch). The released row keeps
-    the first attempt's digest, so the next attempt of the *same task id* is
-    refused with ClaimPayloadMismatch."""
+    attempt's arguments (a cursor, a smaller batch). The next attempt of the
+    *same task id* is not refused with ClaimPayloadMismatch, although the
+    released row kept the first attempt's digest."""
     app = make_app(any_url)
     seen: list[int] = []
 
@@ -168,13 +168,13 @@ def test_retry_with_new_arguments_is_not_a_payload_mismatch(
     assert result.get() == 2
 
 
-# --- F5 (fixed in task.py): self.retry() with claim_enabled=False ----------------------
+# --- self.retry() with claim_enabled=False --------------------------------------------
 
 def test_retry_works_with_claims_disabled_and_no_store() -> None:
-    """``claim_enabled=False`` (tests, emergencies) needs no store; retry()
-    tried to release the non-existent claim and failed the task with
-    ClaimConfigurationError. Fixed: retry() only releases a held claim."""
-    app = Celery("review-disabled", set_as_current=False)
+    """``claim_enabled=False`` (tests, emergencies) needs no store: retry()
+    only releases a held claim, so it does not fail the task with
+    ClaimConfigurationError."""
+    app = Celery("claims-disabled", set_as_current=False)
     app.conf.claim_enabled = False
     runs: list[int] = []
 
@@ -189,15 +189,15 @@ def test_retry_works_with_claims_disabled_and_no_store() -> None:
     assert runs == [1, 1]
 
 
-# --- F6: the store failing inside the body (atomic()) fails the job for good -----------
+# --- the store failing inside the body (atomic()) -------------------------------------
 
 def test_a_store_outage_inside_the_body_is_retried_not_failed(
         make_app: Callable[..., Celery], database_url: str, published: list[Signature],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The store is reachable at acquire, then goes away before the body
-    enters ``self.claim.atomic()``. The ClaimStoreError escapes the body, the
-    claim is marked ``failed`` and Celery acks the message: the job is lost.
-    Fail closed, as at acquire and completion: release (fenced) and re-publish."""
+    enters ``self.claim.atomic()``. That fails closed, as at acquire and
+    completion: the claim is released (fenced) and the task re-published,
+    rather than marked ``failed`` with its message acked (the job lost)."""
     app = make_app(database_url)
 
     @app.task(base=ClaimTask, bind=True, claim_key="blip:{n}", shared=False)
