@@ -39,7 +39,7 @@ from kombu.transport import redis as kombu_redis
 
 from celery_claim.testing import wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.lifecycle]
 
 #: kombu before 5.7 looks for messages past their visibility timeout about
 #: every 100 s, whatever the options: longer than the scenario waits.
@@ -51,6 +51,14 @@ needs_prompt_restore = pytest.mark.skipif(
 @pytest.fixture
 def canvas(scenario: Scenario) -> Iterator[Canvas]:
     yield from canvas_world.world(scenario)
+
+
+def start(canvas: Canvas, concurrency: int = 2, **env: str) -> Any:
+    """One prefork worker running ``canvas_app`` (no duplication); the app module."""
+    module = canvas.prepare("redis", duplicate=False, **env)
+    canvas.worker("prefork", concurrency)
+    canvas.scenario.ready()
+    return module
 
 
 def holding(canvas: Canvas, record: int) -> int:
@@ -81,9 +89,7 @@ def state_of(result: Any, timeout: float = 30.0, *, among: tuple[str, ...]) -> s
 
 
 def test_revoke_of_a_running_task_lets_the_body_finish_once(canvas: Canvas) -> None:
-    module = canvas.prepare("redis", duplicate=False)
-    canvas.worker("prefork", 2)
-    canvas.scenario.ready()
+    module = start(canvas)
 
     result = module.hold.apply_async((1,), {"seconds": 30})
     holding(canvas, 1)
@@ -103,9 +109,7 @@ def test_revoke_of_a_running_task_lets_the_body_finish_once(canvas: Canvas) -> N
 
 def test_revoke_with_terminate_stops_the_body_and_its_message_is_not_run_again(
         canvas: Canvas) -> None:
-    module = canvas.prepare("redis", duplicate=False, CLAIM_TEST_LEASE="2")
-    canvas.worker("prefork", 2)
-    canvas.scenario.ready()
+    module = start(canvas, CLAIM_TEST_LEASE="2")
 
     result = module.hold.apply_async((2,), {"seconds": 30})
     holding(canvas, 2)
@@ -124,9 +128,8 @@ def test_revoke_with_terminate_stops_the_body_and_its_message_is_not_run_again(
 
 def test_warm_shutdown_mid_body_finishes_the_body_and_keeps_the_queue(
         canvas: Canvas) -> None:
-    module = canvas.prepare("redis", duplicate=False)
-    first = canvas.worker("prefork", 1)
-    canvas.scenario.ready()
+    module = start(canvas, 1)
+    [first] = canvas.scenario.workers
     queued = range(10, 15)
 
     held = module.hold.apply_async((3,), {"seconds": 30})
@@ -148,9 +151,7 @@ def test_warm_shutdown_mid_body_finishes_the_body_and_keeps_the_queue(
 
 
 def test_a_soft_time_limit_fails_the_body_once(canvas: Canvas) -> None:
-    module = canvas.prepare("redis", duplicate=False)
-    canvas.worker("prefork", 2)
-    canvas.scenario.ready()
+    module = start(canvas)
 
     result = module.hold.apply_async((4,), {"seconds": 30}, soft_time_limit=1)
     assert state_of(result, among=("SUCCESS", "FAILURE")) == "FAILURE"
@@ -186,9 +187,7 @@ def test_a_countdown_longer_than_the_visibility_timeout_runs_once(canvas: Canvas
 
 
 def test_a_message_past_its_expiry_is_not_run(canvas: Canvas) -> None:
-    module = canvas.prepare("redis", duplicate=False)
-    canvas.worker("prefork", 1)
-    canvas.scenario.ready()
+    module = start(canvas, 1)
 
     busy = module.hold.apply_async((5,), {"seconds": 30})
     holding(canvas, 5)
@@ -208,9 +207,7 @@ def test_a_message_past_its_expiry_is_not_run(canvas: Canvas) -> None:
 def test_a_copy_arriving_after_expiry_leaves_the_first_result(canvas: Canvas) -> None:
     # The first delivery ran and succeeded; a copy of the same message comes
     # after its expiry (the producer sent it again, Redis re-delivered it).
-    module = canvas.prepare("redis", duplicate=False)
-    canvas.worker("prefork", 1)
-    canvas.scenario.ready()
+    module = start(canvas, 1)
     expires = datetime.now(timezone.utc) + timedelta(seconds=2)
 
     first = module.quick.apply_async((7,), expires=expires)
