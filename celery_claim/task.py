@@ -266,6 +266,11 @@ class _Run:
         arguments = self.runtime.keys.bind(self.args, self.kwargs)
         key = self.runtime.keys.build(task_id, self.args, self.kwargs, arguments)
         digest = keys.payload_digest(arguments) if s.check_payload else None
+        if digest is None and s.check_payload:
+            _warn_once(self.task, "digest", "task %s was called with arguments that have no "
+                       "stable digest (an object only pickle carries): its payload check is "
+                       "skipped for such calls; pass plain values, or set "
+                       "claim_check_payload=False to say so", self.task.name)
         started = time.monotonic()
         try:
             self.store.ensure_schema()
@@ -699,7 +704,72 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-_warned_unencodable: set[str] = set()
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(task: ClaimTask, topic: str, message: str, *args: Any) -> None:
+    """Log ``message`` once per task and topic in this process."""
+    if (task.name, topic) not in _warned:
+        _warned.add((task.name, topic))
+        logger.warning(message, *args)
+
+
+def _own_setting(task: ClaimTask, name: str) -> bool:
+    """Whether the task (not ClaimTask's default) sets ``name``."""
+    for klass in type(task).__mro__:
+        if klass is ClaimTask:
+            return False
+        if name in vars(klass):
+            return True
+    return False
+
+
+def acking_report(app: Any) -> None:
+    """Say at worker start how the claim's acking defaults meet the app's settings.
+
+    ``ClaimTask`` sets ``acks_late = True`` and ``reject_on_worker_lost = True``;
+    Celery applies ``task_acks_late`` / ``task_reject_on_worker_lost`` only to
+    tasks that leave them ``None``, so the claim's defaults win over the app's
+    settings, and a task's own attribute wins over both. One line says so when
+    they override the app; a task that sets ``acks_late=False`` (or
+    ``reject_on_worker_lost=False``) itself is warned about.
+    """
+    overriding = []
+    for task in _claim_tasks(app):
+        if not _own_setting(task, "acks_late"):
+            overriding.append(task.name)
+        if not task.acks_late:
+            _warn_once(task, "acks", "task %s sets acks_late=False: its message is "
+                       "acknowledged before the body runs, so a lost worker (SIGKILL, OOM, a "
+                       "hard time limit) loses the job; the claim's lease cannot bring it back",
+                       task.name)
+        elif not task.reject_on_worker_lost:
+            _warn_once(task, "acks", "task %s sets reject_on_worker_lost=False: a lost "
+                       "worker's message is acknowledged, not requeued, so the job is lost "
+                       "unless a duplicate arrives", task.name)
+    app_late, app_reject = app.conf.task_acks_late, app.conf.task_reject_on_worker_lost
+    if overriding and not (app_late and app_reject):
+        logger.info("celery-claim: %d ClaimTask task(s) run with the claim's acks_late=True "
+                    "(and reject_on_worker_lost=True unless the task sets it), over the "
+                    "app's task_acks_late=%s and task_reject_on_worker_lost=%s (a task's own "
+                    "acks_late= wins): %s",
+                    len(overriding), app_late, app_reject, ", ".join(sorted(overriding)))
+
+
+def _claim_tasks(app: Any) -> list[ClaimTask]:
+    return [task for task in list(app.tasks.values())
+            if isinstance(task, ClaimTask) and not task.name.startswith("celery.")]
+
+
+def _start_up_warnings(task: ClaimTask) -> None:
+    """What a task's own settings put at risk, said once at worker start."""
+    serializer = task.serializer or task.app.conf.task_serializer
+    if serializer == "pickle" and task._claim_runtime().settings.check_payload:
+        _warn_once(task, "digest", "task %s uses the pickle serializer: arguments that are "
+                   "arbitrary objects have no stable digest, and the payload check skips "
+                   "such calls (a warning at the first one); pass plain values (str, int, "
+                   "float, Decimal, UUID, dates, bytes, lists, dicts), or set "
+                   "claim_check_payload=False to say so", task.name)
 
 
 def _encode(task: ClaimTask, serializer: str, value: Any) -> results.Encoded | None:
@@ -707,13 +777,23 @@ def _encode(task: ClaimTask, serializer: str, value: Any) -> results.Encoded | N
     try:
         return results.encode(value, serializer)
     except results.NotEncodable as exc:
-        if task.name not in _warned_unencodable:
-            _warned_unencodable.add(task.name)
-            logger.warning("task %s returned a value the %s result serializer cannot encode "
-                           "(%s): the claim is marked succeeded without a stored result, and a "
-                           "duplicate under another task id fails with ClaimResultUnavailable",
-                           task.name, serializer, exc)
+        _warn_once(task, "result", "task %s returned a value the %s result serializer cannot "
+                   "encode (%s): the claim is marked succeeded without a stored result, and a "
+                   "duplicate under another task id fails with ClaimResultUnavailable",
+                   task.name, serializer, exc)
         return None
+
+
+@celery_signals.celeryd_after_setup.connect  # type: ignore[untyped-decorator]
+def _report_at_start(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Start-up lines, once the worker's logging is set up."""
+    app = getattr(instance, "app", None)
+    if app is None:
+        return
+    acking_report(app)
+    for task in _claim_tasks(app):
+        if task._claim_runtime().settings.enabled:
+            _start_up_warnings(task)
 
 
 @celery_signals.worker_init.connect  # type: ignore[untyped-decorator]
@@ -730,6 +810,7 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
                 if runtime.store is not None:
                     runtime.store.ensure_schema()
                     upgrade.check_current(runtime.store)
+
     except errors.ClaimConfigurationError as exc:
         # Celery swallows exceptions of signal receivers, and a worker that
         # consumed with a broken configuration would fail and ack every job.
