@@ -12,8 +12,7 @@ import pytest
 from celery import Celery
 from support.core_apps import AppModule, app_module
 
-from celery_claim import ClaimTask
-from celery_claim import task as task_module
+from celery_claim import ClaimTask, reporting, startup
 from celery_claim.testing import wait_for
 
 
@@ -22,7 +21,7 @@ def app() -> Iterator[Celery]:
     made = Celery("acking", broker="memory://", set_as_current=False)
     made.conf.update(claim_database_url="sqlite://", task_acks_late=False)
     yield made
-    task_module._warned.clear()
+    reporting._warned.clear()
     made.close()
 
 
@@ -52,8 +51,8 @@ def test_one_line_says_the_claim_overrides_the_app_and_acks_late_false_warns(
 
     app.finalize()
     with caplog.at_level(logging.INFO, logger="celery_claim"):
-        task_module.acking_report(app)
-        task_module.acking_report(app)  # a second call warns no more
+        startup.acking_report(app)
+        startup.acking_report(app)  # a second call warns no more
     lines = [r.getMessage() for r in caplog.records]
     overrides = [line for line in lines if "over the app's task_acks_late=False" in line]
     assert len(overrides) == 2  # one line per report
@@ -73,7 +72,7 @@ def test_no_line_when_the_app_asks_for_the_same(app: Celery,
 
     app.finalize()
     with caplog.at_level(logging.INFO, logger="celery_claim"):
-        task_module.acking_report(app)
+        startup.acking_report(app)
     assert caplog.records == []
 
 
