@@ -50,6 +50,9 @@ class CommandError(click.ClickException):
 
 def _store_error_hint(message: str, table: str) -> str:
     lowered = message.lower()
+    if "result_content" in lowered or "is of type jsonb" in lowered:
+        return (f"{message}; the table was created by an earlier release: upgrade it with "
+                f"`celery-claim schema --upgrade` (table {table})")
     if "does not exist" in lowered or "no such table" in lowered:
         return f"{message}; create the table with `celery-claim schema --apply` (table {table})"
     if any(word in lowered for word in ("connect", "refused", "timeout", "resolve", "host")):
