@@ -40,6 +40,10 @@ class Canvas:
     def worker(self, pool: str = "prefork", concurrency: int = 2, **env: str) -> Any:
         return self.scenario.worker(pool, concurrency, module=MODULE, **env)
 
+    def drain(self, claims: bool = True) -> None:
+        """Wait until nothing is queued, held or running (a shorter settle than the default)."""
+        self.scenario.drain(settle=1.0, claims=claims)
+
     def deliveries(self, task: str) -> int:
         return self.scenario.marker(f"deliveries:{task}")
 

@@ -104,7 +104,7 @@ def test_revoke_of_a_running_task_lets_the_body_finish_once(canvas: Canvas) -> N
              message=lambda: f"the body did not finish\n{canvas.scenario.logs()}")
     # The same message again: the worker discards it as revoked.
     module.hold.apply_async((1,), {"seconds": 30}, task_id=result.id)
-    canvas.scenario.drain()
+    canvas.drain()
 
     assert canvas.runs("hold") == {1: 1}
     canvas.scenario.node(canvas.scenario.workers[0]).assert_log_exists(
@@ -122,7 +122,7 @@ def test_revoke_with_terminate_stops_the_body_and_its_message_is_not_run_again(
     holding(canvas, 2)
     result.revoke(terminate=True)
     assert state_of(result, among=("SUCCESS", "FAILURE", "REVOKED")) == "REVOKED"
-    canvas.scenario.drain()
+    canvas.drain()
     time.sleep(2.5)  # past the lease: nothing came back for it
 
     assert canvas.runs("hold") == {2: 1}
@@ -150,7 +150,7 @@ def test_warm_shutdown_mid_body_finishes_the_body_and_keeps_the_queue(
     assert first.stop(timeout=30) == 0
     assert held.state == "SUCCESS"
     canvas.worker("prefork", 1).ready()
-    canvas.scenario.drain()
+    canvas.drain()
 
     assert canvas.runs("hold") == {3: 1}
     canvas.assert_once("quick", queued)
@@ -162,7 +162,7 @@ def test_a_soft_time_limit_fails_the_body_once(canvas: Canvas) -> None:
 
     result = module.hold.apply_async((4,), {"seconds": 30}, soft_time_limit=1)
     assert state_of(result, among=("SUCCESS", "FAILURE")) == "FAILURE"
-    canvas.scenario.drain()
+    canvas.drain()
 
     assert type(result.result).__name__ == "SoftTimeLimitExceeded"
     assert canvas.scenario.marker("soft-limit:4") == 1
@@ -181,12 +181,12 @@ def test_a_countdown_longer_than_the_visibility_timeout_runs_once(canvas: Canvas
     records = range(20, 24)
 
     for n in records:
-        module.quick.apply_async((n,), countdown=5)
-        module.plain.apply_async((n,), countdown=5)
-    for _ in range(3):
-        time.sleep(1.5)
+        module.quick.apply_async((n,), countdown=3)
+        module.plain.apply_async((n,), countdown=3)
+    for _ in range(2):
+        time.sleep(1.2)
         restore_unacked(module)
-    canvas.scenario.drain()
+    canvas.drain()
 
     print(f"deliveries: quick {canvas.deliveries('quick')}, plain {canvas.deliveries('plain')}; "
           f"plain runs {dict(canvas.runs('plain'))}")
@@ -204,7 +204,7 @@ def test_a_message_past_its_expiry_is_not_run(canvas: Canvas) -> None:
     time.sleep(1.5)
     go(canvas, 5)
     assert state_of(expired, among=("SUCCESS", "REVOKED")) == "REVOKED"
-    canvas.scenario.drain()
+    canvas.drain()
 
     assert busy.state == "SUCCESS"
     assert canvas.runs("quick") == {}
@@ -223,7 +223,7 @@ def test_a_copy_arriving_after_expiry_leaves_the_first_result(canvas: Canvas) ->
     assert state_of(first, among=("SUCCESS", "REVOKED")) == "SUCCESS"
     time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 0.5)
     module.quick.apply_async((7,), expires=expires, task_id=first.id)
-    canvas.scenario.drain()
+    canvas.drain()
 
     assert canvas.runs("quick") == {7: 1}
     assert module.quick.AsyncResult(first.id).state == "SUCCESS"
