@@ -55,7 +55,7 @@ from typing import Any
 from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from celery_claim import errors, keys, reporting, results, upgrade
+from celery_claim import callbacks, errors, keys, reporting, results, upgrade
 from celery_claim.claim import Claim
 from celery_claim.lease import heartbeat
 from celery_claim.recovery import (
@@ -114,6 +114,8 @@ class ClaimedRun(Recovery):
         task_id = self.request.id or ""
         arguments = self.runtime.keys.bind(self.args, self.kwargs)
         key = self.runtime.keys.build(task_id, self.args, self.kwargs, arguments)
+        # Before the decision: a duplicate dispatches the same callbacks too.
+        callbacks.pin_callback_ids(self.request, key)
         digest = keys.payload_digest(arguments) if s.check_payload else None
         if digest is None and s.check_payload:
             reporting.warn_once(self.task, "digest", "task %s was called with arguments that "

@@ -17,9 +17,10 @@ carry the ``canvas`` marker; ``.ci/canvas-matrix`` runs them on 5.5 and 5.6):
   result when its message comes back, so the chord completes.
 
 ``link`` callbacks here are frozen signatures (their task id fixed before
-the parent is sent). A callback that is not frozen gets a new task id each
-time Celery dispatches it, and the duplicate of its parent dispatches it
-again: its body runs twice. That limitation has its own strict xfail test.
+the parent is sent), and in their own test not frozen: Celery would give
+such a callback a new task id at each dispatch, and the duplicate of its
+parent dispatches it again; the claim gives it an id made from the parent's
+key, so it runs once too.
 
 The naive control runs the same canvas with plain ``celery.Task``
 check-then-act bodies and must show bodies run twice.
@@ -154,15 +155,6 @@ def test_the_naive_canvas_runs_bodies_twice(canvas: Canvas) -> None:
     assert extra > 0, "the naive canvas ran every body once: the harness is blind"
 
 
-LINK_XFAIL = (
-    "a duplicate of a succeeded parent returns its stored result, and Celery's tracer "
-    "then dispatches the parent's link callbacks again; a callback signature that was not "
-    "frozen gets a new task id at each dispatch, so its claim (default key: task name and "
-    "task id) is a different claim and its body runs a second time. Workaround: freeze the "
-    "callback (sig.freeze()) or give it a business claim_key.")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LINK_XFAIL)
 def test_a_link_callback_not_frozen_runs_once_when_its_parent_is_delivered_twice(
         canvas: Canvas) -> None:
     # One pool process: each parent's copy runs after it, as a duplicate.
