@@ -50,7 +50,8 @@ class _Runtime:
     def __init__(self, task: ClaimTask) -> None:
         self.settings = settings.from_sources(_task_options(type(task)), task.app.conf)
         self.keys = keys.KeyBuilder(task.name, _signature(type(task)), self.settings.key)
-        configured = self.settings.engine is not None or self.settings.database_url is not None
+        configured = (self.settings.engine is not None or self.settings.database_url is not None
+                      or self.settings.django_database is not None)
         self.store = store_for(self.settings) if configured else None
 
 
@@ -60,6 +61,10 @@ _stores_lock = threading.Lock()
 
 def store_for(resolved: settings.ClaimSettings) -> ClaimStore:
     """The process-wide store for these settings (one per database and table)."""
+    if resolved.django_database is not None:
+        from celery_claim.django.connector import claim_store
+
+        return claim_store(resolved.django_database, resolved.table)
     ident = (resolved.database_url if resolved.engine is None else id(resolved.engine),
              resolved.table)
     with _stores_lock:
@@ -130,6 +135,7 @@ class ClaimTask(celery.Task):  # type: ignore[misc]
 
     claim_database_url: str | None = None
     claim_engine: Any = None
+    claim_django_database: str | None = None
     claim_table: str | None = None
     claim_key: str | Callable[..., str] | None = None
     claim_lease_seconds: float | None = None
