@@ -5,9 +5,10 @@ are created by the DDL below, so the table is the one
 :func:`celery_claim.sql.make_table` describes (a test compares the two in
 PostgreSQL's catalog). On other databases Django creates the model's table.
 
-The table is created only on the claim's database alias
-(``CELERY_CLAIM_DJANGO_DATABASE``, default ``"default"``) and where the
-project's routers allow the ``celery_claim`` app. A table that already
+As for any app, the table is created on the database ``migrate`` runs on
+(``--database``, default ``"default"``) where the project's routers allow
+the ``celery_claim`` app (:class:`celery_claim.django.routers.ClaimRouter`
+allows it on the claim's alias only). A table that already
 exists (made by ``celery-claim schema --apply``, by a worker with
 ``claim_create_schema``, or by Alembic) is adopted with
 ``manage.py migrate celery_claim --fake-initial``.
@@ -63,8 +64,7 @@ class CreateClaimsTable(migrations.CreateModel):  # type: ignore[misc]
 
     def _applies(self, app_label: str, schema_editor: Any, state: Any) -> Any:
         model = state.apps.get_model(app_label, self.name)
-        alias = schema_editor.connection.alias
-        if alias != conf.database_alias() or not self.allow_migrate_model(alias, model):
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
             return None
         return model
 
