@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -173,8 +174,10 @@ class DjangoClaimStore(ClaimStore):
                     if cursor.description is None:
                         return _Outcome([], cursor.rowcount)
                     row_type = self._django_row_type(name, cursor)
-                    return _Outcome([row_type._make(r) for r in cursor.fetchall()],
-                                    cursor.rowcount)
+                    rows = cursor.fetchall()
+                    if "result" in row_type._fields:
+                        rows = [_decode_result(row_type, r) for r in rows]
+                    return _Outcome([row_type._make(r) for r in rows], cursor.rowcount)
             except errors.ClaimStoreError as exc:
                 if not exc.transient or django_connection.in_atomic_block or attempt == 2:
                     raise
@@ -232,6 +235,15 @@ class DjangoClaimStore(ClaimStore):
 
     def ddl(self) -> str:
         return ClaimStore("postgresql+psycopg://", table=self.table_name).ddl()
+
+
+def _decode_result(row_type: Any, row: Any) -> Any:
+    # Django's backends load jsonb as text (JSONField decodes it itself).
+    index = row_type._fields.index("result")
+    if isinstance(row[index], str):
+        row = list(row)
+        row[index] = json.loads(row[index])
+    return row
 
 
 def _columns(cursor: Any) -> list[str]:

@@ -1,5 +1,5 @@
-"""Django settings for the in-process Django tests: the example project's apps,
-PostgreSQL from CELERY_CLAIM_TEST_DATABASE_URL, a test database of their own."""
+"""Django settings for the in-process Django tests: the example project's, with
+PostgreSQL from CELERY_CLAIM_TEST_DATABASE_URL and test databases of their own."""
 
 from __future__ import annotations
 
@@ -7,41 +7,15 @@ import os
 import urllib.parse
 import uuid
 
+from proj.settings import *  # noqa: F403
+
 _url = urllib.parse.urlsplit(os.environ.get(
     "CELERY_CLAIM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
 
-SECRET_KEY = "tests-only"
-USE_TZ = True
-TIME_ZONE = "UTC"
-ROOT_URLCONF = "proj.urls"
+INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "django.contrib.staticfiles"]  # noqa: F405
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-INSTALLED_APPS = [
-    "django.contrib.admin",
-    "django.contrib.auth",
-    "django.contrib.contenttypes",
-    "django.contrib.sessions",
-    "django.contrib.messages",
-    "celery_claim.django",
-    "shop",
-]
-MIDDLEWARE = [
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-]
-TEMPLATES = [{
-    "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "APP_DIRS": True,
-    "OPTIONS": {"context_processors": [
-        "django.template.context_processors.request",
-        "django.contrib.auth.context_processors.auth",
-        "django.contrib.messages.context_processors.messages",
-    ]},
-}]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CELERY_BROKER_URL = "memory://"
 
 _database = {
     "ENGINE": "django.db.backends.postgresql",
@@ -55,9 +29,8 @@ _database = {
 }
 DATABASES = {
     "default": _database,
-    # A second alias on its own database: the claim can live apart from "default".
+    # A second alias on its own database, which the claims stay out of.
     "claims": {**_database, "TEST": {"NAME": f"{_database['TEST']['NAME']}_claims"}},
 }
 DATABASE_ROUTERS = ["celery_claim.django.routers.ClaimRouter", "django_claims.routers.ClaimsApart"]
-
 CELERY_CLAIM_DJANGO_DATABASE = "default"

@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from example_project import ExampleProject
 
 from celery_claim.testing import wait_for
-
-from example_project import ExampleProject
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
