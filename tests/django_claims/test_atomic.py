@@ -72,10 +72,10 @@ class AtomicOnDjangosConnection(TransactionTestCase):  # type: ignore[misc]
             return "done"
 
         job = self.task(body, "t.writes")
-        self.assertEqual(job.delay(1).get(), "done")
-        self.assertEqual(seen, {"inside, after the block": 0, "lease": "running"})
-        self.assertEqual(visible_charges(1), 2)
-        self.assertEqual(claim_store().get("job:1").state, "succeeded")  # type: ignore[union-attr]
+        assert job.delay(1).get() == "done"
+        assert seen == {"inside, after the block": 0, "lease": "running"}
+        assert visible_charges(1) == 2
+        assert claim_store().get("job:1").state == "succeeded"  # type: ignore[union-attr]
 
     def test_a_lost_claim_rolls_everything_back_and_raises(self) -> None:
         ran: list[str] = []
@@ -96,12 +96,12 @@ class AtomicOnDjangosConnection(TransactionTestCase):  # type: ignore[misc]
         job = self.task(body, "t.lost")
         with pytest.raises(ClaimLost):
             job.delay(2).get()
-        self.assertEqual(Charge.objects.filter(order_id=2).count(), 0)
-        self.assertEqual(ran, [])
+        assert Charge.objects.filter(order_id=2).count() == 0
+        assert ran == []
         record = claim_store().get("job:2")
         assert record is not None
-        self.assertEqual((record.state, record.token, record.task_id), ("running", 2, "other"))
-        self.assertFalse(connection.in_atomic_block)
+        assert (record.state, record.token, record.task_id) == ("running", 2, "other")
+        assert not connection.in_atomic_block
 
     def test_on_commit_runs_after_the_claim_commits(self) -> None:
         seen = self.seen
@@ -118,7 +118,7 @@ class AtomicOnDjangosConnection(TransactionTestCase):  # type: ignore[misc]
 
         job = self.task(body, "t.on_commit")
         job.delay(3).get()
-        self.assertEqual(seen, {"before": {}, "state": "succeeded", "charges": 1})
+        assert seen == {"before": {}, "state": "succeeded", "charges": 1}
 
     def test_a_body_that_raises_leaves_no_rows(self) -> None:
         def body(task: ClaimTask, n: int) -> None:
@@ -129,8 +129,8 @@ class AtomicOnDjangosConnection(TransactionTestCase):  # type: ignore[misc]
         job = self.task(body, "t.raises")
         with pytest.raises(ValueError, match="card declined"):
             job.delay(4).get()
-        self.assertEqual(Charge.objects.filter(order_id=4).count(), 0)
-        self.assertEqual(claim_store().get("job:4").state, "failed")  # type: ignore[union-attr]
+        assert Charge.objects.filter(order_id=4).count() == 0
+        assert claim_store().get("job:4").state == "failed"  # type: ignore[union-attr]
 
     def test_acquire_and_completion_are_one_statement_each(self) -> None:
         def body(task: ClaimTask, n: int) -> None:
@@ -141,6 +141,6 @@ class AtomicOnDjangosConnection(TransactionTestCase):  # type: ignore[misc]
         with CaptureQueriesContext(connection) as queries:
             job.delay(5).get()
         claims = [q["sql"] for q in queries.captured_queries if "celery_claims" in q["sql"]]
-        self.assertEqual(len(claims), 2, claims)
-        self.assertTrue(claims[0].startswith("INSERT INTO celery_claims"), claims[0])
-        self.assertTrue(claims[1].startswith("UPDATE celery_claims"), claims[1])
+        assert len(claims) == 2, claims
+        assert claims[0].startswith("INSERT INTO celery_claims"), claims[0]
+        assert claims[1].startswith("UPDATE celery_claims"), claims[1]

@@ -13,21 +13,21 @@ from celery_claim.django.testing import EagerClaims
 
 class ClaimedTasksInATestCase(EagerClaims, TestCase):  # type: ignore[misc]
     def test_a_duplicate_returns_the_first_result_and_charges_once(self) -> None:
-        self.assertTrue(connection.in_atomic_block)  # the test's own transaction
+        assert connection.in_atomic_block  # the test's own transaction
         first = charge.delay(7, 100)
         second = charge.delay(7, 100)
-        self.assertEqual(first.get(), {"charged": 7})
-        self.assertEqual(second.get(), {"charged": 7})
-        self.assertEqual(Charge.objects.filter(order_id=7).count(), 1)
+        assert first.get() == {"charged": 7}
+        assert second.get() == {"charged": 7}
+        assert Charge.objects.filter(order_id=7).count() == 1
         record = claim_store().get("charge:7")
         assert record is not None
-        self.assertEqual((record.state, record.duplicates), ("succeeded", 1))
+        assert (record.state, record.duplicates) == ("succeeded", 1)
 
     def test_nested_in_the_callers_atomic_block_it_is_a_savepoint(self) -> None:
         with transaction.atomic():
             charge.delay(8, 100)
-            self.assertEqual(Charge.objects.filter(order_id=8).count(), 1)
-        self.assertEqual(claim_store().get("charge:8").state, "succeeded")  # type: ignore[union-attr]
+            assert Charge.objects.filter(order_id=8).count() == 1
+        assert claim_store().get("charge:8").state == "succeeded"  # type: ignore[union-attr]
 
     def test_on_commit_callbacks_run_when_captured(self) -> None:
         from celery_claim import ClaimTask
@@ -43,6 +43,6 @@ class ClaimedTasksInATestCase(EagerClaims, TestCase):  # type: ignore[misc]
             with self.captureOnCommitCallbacks(execute=True) as callbacks:
                 notify.delay(1)
                 notify.delay(1)  # a duplicate: its body does not run
-            self.assertEqual((len(callbacks), ran), (1, [1]))
+            assert (len(callbacks), ran) == (1, [1])
         finally:
             charge.app.tasks.pop("t.notify", None)
