@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         ClaimKeyError,
         ClaimLost,
         ClaimPayloadMismatch,
+        ClaimResultUnavailable,
         ClaimStoreError,
     )
     from celery_claim.settings import ClaimSettings
@@ -46,7 +47,7 @@ _EXPORTS = {
     "metadata": "celery_claim.sql",
     **{name: "celery_claim.errors" for name in (
         "ClaimConfigurationError", "ClaimError", "ClaimInProgress", "ClaimKeyError",
-        "ClaimLost", "ClaimPayloadMismatch", "ClaimStoreError")},
+        "ClaimLost", "ClaimPayloadMismatch", "ClaimResultUnavailable", "ClaimStoreError")},
     **{name: "celery_claim.signals" for name in (
         "claim_acquired", "claim_completed", "claim_duplicate", "claim_lost",
         "claim_released", "claim_store_error")},
@@ -73,6 +74,7 @@ __all__ = [
     "ClaimLost",
     "ClaimPayloadMismatch",
     "ClaimRecord",
+    "ClaimResultUnavailable",
     "ClaimSettings",
     "ClaimStore",
     "ClaimStoreError",

@@ -158,16 +158,20 @@ def main(argv: list[str] | None = None) -> None:
 @claim.command()
 @click.option("--apply", "apply_", is_flag=True, help="Create the table and indexes if missing.")
 @click.option("--drop", is_flag=True, help="Drop the table (asks first unless --yes).")
+@click.option("--upgrade", "upgrade_", is_flag=True,
+              help="Upgrade a table created by an earlier release (idempotent).")
 @click.option("--yes", is_flag=True, help="Do not ask before --drop.")
 @click.option("--dialect", type=click.Choice(["postgresql", "sqlite"]), default=None,
               help="Print the DDL of this dialect without a database (default: postgresql).")
 @click.pass_context
-def schema(ctx: click.Context, apply_: bool, drop: bool, yes: bool, dialect: str | None) -> None:
-    """Print the claims table's DDL, or apply it (--apply) or drop it (--drop)."""
-    if apply_ and drop:
-        raise CommandError("choose one of --apply and --drop", exit_code=2)
-    config = _config(ctx, require_url=apply_ or drop)
-    if not (apply_ or drop):
+def schema(ctx: click.Context, apply_: bool, drop: bool, upgrade_: bool, yes: bool,
+           dialect: str | None) -> None:
+    """Print the claims table's DDL, or apply it (--apply), upgrade it (--upgrade) or
+    drop it (--drop)."""
+    if apply_ + drop + upgrade_ > 1:
+        raise CommandError("choose one of --apply, --upgrade and --drop", exit_code=2)
+    config = _config(ctx, require_url=apply_ or drop or upgrade_)
+    if not (apply_ or drop or upgrade_):
         from celery_claim._admin import StoreConfig
 
         if dialect is not None or (config.engine is None and config.database_url is None):
@@ -183,6 +187,12 @@ def schema(ctx: click.Context, apply_: bool, drop: bool, yes: bool, dialect: str
         if drop:
             store.drop_schema()
             click.echo(f"dropped {config.describe()}")
+        elif upgrade_:
+            from celery_claim import upgrade
+
+            steps = upgrade.upgrade(store)
+            click.echo(f"upgraded {config.describe()}: {'; '.join(steps)}" if steps
+                       else f"{config.describe()} is up to date")
         else:
             store.create_schema()
             click.echo(f"created {config.describe()} (or it existed)")
@@ -207,6 +217,15 @@ def _describe_state(record: ClaimRecord) -> str:
     return record.state + expired
 
 
+def _result_text(record: ClaimRecord) -> str:
+    stored = record.stored_result
+    if stored is None:
+        return "-"
+    if stored.text is not None:
+        return stored.text
+    return f"<{len(stored.payload)} bytes of {stored.content_type}>"
+
+
 @claim.command()
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True, help="Print the row as JSON.")
@@ -226,7 +245,7 @@ def status(ctx: click.Context, key: str, as_json: bool) -> None:
         ("task", record.task_name), ("task id", record.task_id),
         ("acquisitions", record.attempt), ("duplicates suppressed", record.duplicates),
         ("owner", record.owner), ("payload digest", record.payload_digest or "-"),
-        ("result", json.dumps(record.result) if record.has_result else "-"),
+        ("result", _result_text(record)),
         ("error", record.error or "-"), ("lease expires", record.lease_expires_at or "-"),
         ("created", record.created_at), ("updated", record.updated_at),
         ("finished", record.finished_at or "-"), ("expires", record.expires_at or "-"),

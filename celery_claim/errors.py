@@ -16,6 +16,7 @@ __all__ = [
     "ClaimKeyError",
     "ClaimLost",
     "ClaimPayloadMismatch",
+    "ClaimResultUnavailable",
     "ClaimStoreError",
 ]
 
@@ -73,3 +74,14 @@ class ClaimPayloadMismatch(ClaimError):
 
 class ClaimInProgress(ClaimError):
     """Another worker holds a live claim on this key."""
+
+
+class ClaimResultUnavailable(ClaimError):
+    """The claim succeeded, but its result cannot be returned to this duplicate.
+
+    The first delivery ran and succeeded; its result was not stored (the
+    result serializer could not encode it, or ``claim_store_result=False``)
+    or cannot be decoded here (its content type is no longer accepted). The
+    duplicate fails with this error instead of leaving its caller waiting;
+    the first delivery's own result is under ``holder_task_id``.
+    """

@@ -46,6 +46,8 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 RELEASED = "released"
 STATES = (RUNNING, SUCCEEDED, FAILED, RELEASED)
+#: The columns of a stored result: the encoded bytes, their content type and encoding.
+RESULT_COLUMNS = ("result", "result_content_type", "result_content_encoding")
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -66,8 +68,6 @@ def make_table(name: str = DEFAULT_TABLE, meta: sa.MetaData | None = None) -> sa
     """Build the claims table (and its indexes) in ``meta``."""
     schema, table_name = parse_table_name(name)
     meta = meta if meta is not None else sa.MetaData()
-    json_type = sa.JSON(none_as_null=False).with_variant(postgresql.JSONB(none_as_null=False),
-                                                         "postgresql")
     stamp = sa.DateTime(timezone=True)
     table = sa.Table(
         table_name,
@@ -80,7 +80,12 @@ def make_table(name: str = DEFAULT_TABLE, meta: sa.MetaData | None = None) -> sa
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("owner", sa.String(255), nullable=False),
         sa.Column("payload_digest", sa.String(64)),
-        sa.Column("result", json_type),
+        # The result as the app's result serializer encoded it (see
+        # celery_claim.results): the exact bytes, so a duplicate's replay
+        # encodes identically; JSON results read as text.
+        sa.Column("result", sa.LargeBinary),
+        sa.Column("result_content_type", sa.String(128)),
+        sa.Column("result_content_encoding", sa.String(32)),
         sa.Column("error", sa.Text),
         sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
         sa.Column("lease_expires_at", stamp),
@@ -205,7 +210,8 @@ def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
         set_={
             "state": RUNNING, "token": t.c.token + 1, "task_name": x.task_name,
             "task_id": x.task_id, "attempt": t.c.attempt + 1, "owner": x.owner,
-            "payload_digest": x.payload_digest, "result": sa.null(), "error": sa.null(),
+            "payload_digest": x.payload_digest, **{c: sa.null() for c in RESULT_COLUMNS},
+            "error": sa.null(),
             "lease_expires_at": x.lease_expires_at, "updated_at": now,
             "finished_at": sa.null(), "expires_at": sa.null(),
         },
@@ -236,7 +242,8 @@ def _finish(t: sa.Table, dialect: str, *, with_result: bool) -> sa.Executable:
         "updated_at": db_now(), "finished_at": db_now(),
         "expires_at": db_now_plus(_p("ttl_seconds", sa.Float)),
     }
-    values["result"] = _p("result", t.c.result.type) if with_result else sa.null()
+    for column in RESULT_COLUMNS:
+        values[column] = _p(column, t.c[column].type) if with_result else sa.null()
     return (
         sa.update(t)
         .where(t.c.key == _p("key"), t.c.token == _p("token"), t.c.state == RUNNING)
@@ -328,7 +335,7 @@ STATEMENTS: dict[str, tuple[str, Builder]] = {
     "note_duplicate": ("count a duplicate delivery and read the row it lost to",
                        _note_duplicate),
     "get": ("read one claim row with the database's current time", _get),
-    "complete": ("fenced completion that stores a JSON result",
+    "complete": ("fenced completion that stores the encoded result",
                  lambda t, d: _finish(t, d, with_result=True)),
     "finish": ("fenced completion without a result (failures, unstorable results)",
                lambda t, d: _finish(t, d, with_result=False)),
@@ -360,6 +367,8 @@ class DriverStatement:
     #: The same SQL with ``$1, $2, ...`` placeholders (in ``order``), for the
     #: driver's libpq layer; see :meth:`text_values`.
     numbered: bytes = b""
+    #: The positions in ``order`` of binary (bytea) parameters.
+    binary: frozenset[int] = frozenset()
 
     @classmethod
     def compile(cls, name: str, statement: sa.Executable,
@@ -398,7 +407,9 @@ class DriverStatement:
         # "%%" is a literal "%" in the driver's format; "%s" the next parameter.
         libpq_text = re.sub(r"%%|%s", lambda m: "%" if m.group() == "%%" else f"${next(numbered)}",
                             text)
-        return cls(name, text, tuple(order), processors, libpq_text.encode())
+        binary = frozenset(i for i, bind_name in enumerate(order)
+                           if isinstance(binds[f"p_{bind_name}"].type, sa.LargeBinary))
+        return cls(name, text, tuple(order), processors, libpq_text.encode(), binary)
 
     @functools.cached_property
     def prepared_name(self) -> bytes:
@@ -423,7 +434,7 @@ class DriverStatement:
         driver would."""
         out: list[bytes | None] = []
         try:
-            for value in values:
+            for position, value in enumerate(values):
                 kind = type(value)
                 if value is None:
                     out.append(None)
@@ -436,6 +447,11 @@ class DriverStatement:
                     data = str(value).encode()
                 elif kind is float:
                     data = repr(value).encode()
+                elif position in self.binary:
+                    raw = getattr(value, "obj", value)  # the driver's Binary wrapper
+                    if type(raw) is not bytes:
+                        return None
+                    data = b"\\x" + raw.hex().encode()  # bytea's text form
                 elif kind.__name__ in ("Json", "Jsonb"):
                     data = bytes(dump_json(value))
                 else:

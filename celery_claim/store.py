@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import sys
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from celery_claim import errors, sql
+from celery_claim import errors, results, sql
 
 __all__ = ["Acquired", "ClaimRecord", "ClaimStore", "translate_errors"]
 
@@ -59,7 +60,8 @@ class ClaimRecord:
     attempt: int
     owner: str
     payload_digest: str | None
-    result: Any
+    #: The result as its serializer encoded it (see :mod:`celery_claim.results`).
+    stored_result: results.Encoded | None
     has_result: bool
     error: str | None
     duplicates: int
@@ -78,7 +80,21 @@ class ClaimRecord:
                      "expires_at", "db_now"):
             values[name] = _aware(values[name])
         values["has_result"] = bool(values["has_result"])
+        payload = values.pop("result")
+        content_type = values.pop("result_content_type")
+        content_encoding = values.pop("result_content_encoding")
+        values["stored_result"] = (
+            None if payload is None else results.Encoded(
+                bytes(payload), content_type or results.JSON, content_encoding or "utf-8"))
         return cls(**values)
+
+    @property
+    def result(self) -> Any:
+        """The stored result, decoded (json, msgpack or yaml; a pickled result is
+        decoded only by :meth:`celery_claim.results.Encoded.decode` with pickle accepted)."""
+        if self.stored_result is None:
+            return None
+        return self.stored_result.decode(results.READABLE)
 
     @property
     def lease_remaining(self) -> float:
@@ -103,11 +119,19 @@ class ClaimRecord:
         return self.expires_at is not None and self.expires_at < self.db_now
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        values = {
             f.name: (v.isoformat() if isinstance(v, datetime.datetime) else v)
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }
+        del values["stored_result"]
+        stored = self.stored_result
+        text = stored.text if stored is not None else None
+        # JSON as JSON (kombu's typed values stay {"__type__": ..., "__value__": ...}).
+        values["result"] = (json.loads(text) if text is not None and stored is not None
+                            and stored.content_type == results.JSON else text)
+        values["result_content_type"] = stored.content_type if stored is not None else None
+        return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -571,11 +595,16 @@ class ClaimStore:
     def complete(self, key: str, token: int, *, result: Any = None, has_result: bool = False,
                  state: str = sql.SUCCEEDED, error: str | None = None,
                  ttl_seconds: float, connection: sa.Connection | None = None) -> bool:
-        """Mark the claim finished, fenced by ``token``. ``False``: the claim was lost."""
+        """Mark the claim finished, fenced by ``token``. ``False``: the claim was lost.
+
+        ``result`` is a :class:`celery_claim.results.Encoded` (what a task
+        stores), or a value, stored through kombu's json serializer."""
         params = {"key": key, "token": token, "state": state, "error": error,
                   "ttl_seconds": ttl_seconds}
         if has_result:
-            params["result"] = result
+            encoded = result if isinstance(result, results.Encoded) else results.encode_json(result)
+            params.update(result=encoded.payload, result_content_type=encoded.content_type,
+                          result_content_encoding=encoded.content_encoding)
         name = "complete" if has_result else "finish"
         return self._run("complete", name, params, connection).first() is not None
 

@@ -9,8 +9,8 @@ attempt, because that attempt can start before this one has unwound.
 
 from __future__ import annotations
 
+import functools
 import inspect
-import json
 import logging
 import os
 import random
@@ -25,8 +25,9 @@ import celery
 from celery import signals as celery_signals
 from celery._state import _task_stack
 from celery.exceptions import Ignore, Reject, Retry
+from kombu.exceptions import ContentDisallowed, DecodeError
 
-from celery_claim import errors, keys, settings, signals, sql
+from celery_claim import errors, keys, results, settings, signals, sql, upgrade
 from celery_claim.claim import Claim
 from celery_claim.lease import heartbeat
 from celery_claim.store import ClaimRecord, ClaimStore
@@ -53,6 +54,19 @@ class _Runtime:
         configured = (self.settings.engine is not None or self.settings.database_url is not None
                       or self.settings.django_database is not None)
         self.store = store_for(self.settings) if configured else None
+        self._task = task
+
+    @functools.cached_property
+    def result_serializer(self) -> str:
+        """The serializer the app's result backend encodes results with."""
+        serializer = getattr(self._task.backend, "serializer", None)
+        return str(serializer or self._task.app.conf.result_serializer)
+
+    @functools.cached_property
+    def result_accept(self) -> set[str] | None:
+        """The content types the app's result backend decodes."""
+        accept = getattr(self._task.backend, "accept", None)
+        return set(accept) if accept is not None else results.accept_of(self._task.app.conf)
 
 
 _stores: dict[tuple[Any, ...], ClaimStore] = {}
@@ -259,10 +273,16 @@ class _Run:
         started = time.monotonic()
         try:
             self.store.ensure_schema()
+            upgrade.check_current(self.store)
             won, record = self._acquire(key, task_id, digest)
         except errors.ClaimStoreError as exc:
             signals.claim_store_error.send(sender=self.task, key=key, task_id=task_id,
                                            token=None, operation="acquire", exc=exc)
+            raise _chained(self._fail_closed(key, exc), exc)  # noqa: B904
+        except errors.ClaimConfigurationError as exc:
+            # The table needs an upgrade (a worker refuses to start then):
+            # the body never runs against it, and the message waits.
+            logger.error("%s", exc)
             raise _chained(self._fail_closed(key, exc), exc)  # noqa: B904
         if won is None:
             return self._duplicate(key, digest, record)
@@ -328,9 +348,7 @@ class _Run:
                 holder_task_id=record.task_id)
         if record is not None and record.state == sql.SUCCEEDED:
             self._report_duplicate(key, record, "succeeded")
-            if s.store_result and record.has_result:
-                return record.result
-            raise Ignore()
+            return self._stored_result(key, record)
         if record is not None and record.state == sql.FAILED:
             self._report_duplicate(key, record, "failed")
             raise Ignore()
@@ -356,6 +374,27 @@ class _Run:
         # Ignore: acked, and nothing written to the result backend, where the
         # holder (often under the same task id) keeps its state.
         raise Ignore()
+
+    def _stored_result(self, key: str, record: ClaimRecord) -> Any:
+        """What the first delivery returned, decoded as the result backend decodes it."""
+        stored = record.stored_result
+        if stored is not None:
+            try:
+                return stored.decode(self.runtime.result_accept)
+            except (ContentDisallowed, DecodeError) as exc:
+                reason = f"the stored result cannot be decoded here ({exc})"
+        elif self.settings.store_result:
+            reason = "the result's serializer could not encode it, so it was not stored"
+        else:
+            reason = "results are not stored (claim_store_result=False)"
+        if record.task_id == (self.request.id or ""):
+            # The holder's own task id: its result is already in the result
+            # backend, and a failure stored now would overwrite it.
+            raise Ignore()
+        raise errors.ClaimResultUnavailable(
+            f"the claim succeeded, but its result cannot be returned to this duplicate: "
+            f"{reason}; the first delivery's result is under its task id", key=key,
+            holder_task_id=record.task_id)
 
     def _report_duplicate(self, key: str, record: ClaimRecord | None, outcome: str,
                           **extra: Any) -> None:
@@ -422,7 +461,9 @@ class _Run:
 
     def _complete(self, handle: Claim, retval: Any) -> Any:
         s = self.settings
-        result, has_result = _encode(self.task, retval) if s.store_result else (None, False)
+        result = _encode(self.task, self.runtime.result_serializer, retval) if s.store_result \
+            else None
+        has_result = result is not None
         connection = handle.connection
         last_exc: errors.ClaimStoreError | None = None
         done = False
@@ -488,7 +529,7 @@ class _Run:
 
     # --- failure paths ---------------------------------------------------------
 
-    def _fail_closed(self, key: str, exc: errors.ClaimStoreError) -> BaseException:
+    def _fail_closed(self, key: str, exc: errors.ClaimError) -> BaseException:
         """The store is unreachable at acquire: never run the body, never drop the message."""
         if self.request.is_eager:
             return exc
@@ -614,18 +655,18 @@ def _describe(exc: BaseException) -> str:
 _warned_unencodable: set[str] = set()
 
 
-def _encode(task: ClaimTask, value: Any) -> tuple[Any, bool]:
-    """The result as stored JSON, or ``(None, False)`` if it is not JSON."""
+def _encode(task: ClaimTask, serializer: str, value: Any) -> results.Encoded | None:
+    """The result as the result backend encodes it, or ``None`` if it cannot."""
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return results.encode(value, serializer)
+    except results.NotEncodable as exc:
         if task.name not in _warned_unencodable:
             _warned_unencodable.add(task.name)
-            logger.warning("task %s returned a value that is not JSON (%s): the claim is marked "
-                           "succeeded without a stored result, and duplicates return nothing",
-                           task.name, exc)
-        return None, False
-    return value, True
+            logger.warning("task %s returned a value the %s result serializer cannot encode "
+                           "(%s): the claim is marked succeeded without a stored result, and a "
+                           "duplicate under another task id fails with ClaimResultUnavailable",
+                           task.name, serializer, exc)
+        return None
 
 
 @celery_signals.worker_init.connect  # type: ignore[untyped-decorator]
@@ -641,6 +682,7 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
                 runtime = task._claim_runtime()
                 if runtime.store is not None:
                     runtime.store.ensure_schema()
+                    upgrade.check_current(runtime.store)
     except errors.ClaimConfigurationError as exc:
         # Celery swallows exceptions of signal receivers, and a worker that
         # consumed with a broken configuration would fail and ack every job.

@@ -39,7 +39,8 @@ def test_same_message_published_five_times_runs_each_body_once(scenario: Scenari
     deferred = observed(scenario, "process", "IGNORED")
     print(f"{deferred} copies arrived while their twin ran and were deferred")
     # Every copy finished with the stored result of the one that ran.
-    rows = scenario.rows(f'SELECT o.task_id, o.retval, c.result::text FROM '
+    rows = scenario.rows(f'SELECT o.task_id, o.retval, '
+                         "convert_from(c.result, 'UTF8') FROM "
                          f'"{scenario.table}_observations" o JOIN "{scenario.table}" c '
                          f"ON c.task_id = o.task_id WHERE o.state = 'SUCCESS'")
     assert len(rows) == RECORDS * 5

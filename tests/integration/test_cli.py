@@ -77,7 +77,7 @@ def test_schema_prints_the_ddl_of_the_configured_database(pg_store: ClaimStore) 
     assert result.exit_code == 0
     assert f"CREATE TABLE {pg_store.table_name}" in result.stdout
     assert "TIMESTAMP WITH TIME ZONE" in result.stdout
-    assert "JSONB" in result.stdout
+    assert "result BYTEA" in result.stdout
 
 
 # --- status ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from celery_claim import (
     ClaimInProgress,
     ClaimLost,
     ClaimPayloadMismatch,
+    ClaimResultUnavailable,
     ClaimStoreError,
     ClaimTask,
     signals,
@@ -459,7 +460,8 @@ def test_a_failing_atomic_block_leaves_earlier_blocks(app: Celery) -> None:
 
 # --- results ------------------------------------------------------------------------------
 
-def test_non_json_result_is_not_stored_and_duplicates_return_nothing(app: Celery) -> None:
+def test_unencodable_result_is_not_stored_and_duplicates_fail_with_the_reason(
+        app: Celery) -> None:
     @app.task(base=ClaimTask, bind=True, claim_key="j:{n}", shared=False)
     def job(self: ClaimTask, n: int) -> object:
         return {n, "a set is not JSON"}
@@ -467,7 +469,10 @@ def test_non_json_result_is_not_stored_and_duplicates_return_nothing(app: Celery
     assert isinstance(job.apply((1,)).get(), set)
     record = job.claim_store.get("j:1")
     assert (record.state, record.has_result) == ("succeeded", False)  # type: ignore[union-attr]
-    assert job.apply((1,)).state == "IGNORED"
+    duplicate = job.apply((1,))  # its own task id: its caller must not wait for nothing
+    assert duplicate.state == "FAILURE"
+    assert isinstance(duplicate.result, ClaimResultUnavailable)
+    assert duplicate.result.context["holder_task_id"] == record.task_id  # type: ignore[union-attr]
 
 
 def test_none_result_is_stored_as_json_null(app: Celery) -> None:

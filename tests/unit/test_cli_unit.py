@@ -22,7 +22,7 @@ def test_schema_without_a_database_prints_postgresql_ddl() -> None:
     result = run("schema", env={"CELERY_CLAIM_DATABASE_URL": ""})
     assert result.exit_code == 0, result.output
     assert "CREATE TABLE celery_claims" in result.stdout
-    assert "JSONB" in result.stdout
+    assert "result BYTEA" in result.stdout
     assert "celery_claims_expires_idx" in result.stdout
     assert "WHERE state = 'running'" in result.stdout
 
@@ -31,7 +31,7 @@ def test_schema_for_sqlite_and_a_custom_table() -> None:
     result = run("--table", "ops.claims", "schema", "--dialect", "sqlite")
     assert result.exit_code == 0, result.output
     assert "CREATE TABLE ops.claims" in result.stdout
-    assert "JSONB" not in result.stdout
+    assert "BYTEA" not in result.stdout
 
 
 def test_schema_apply_needs_a_database() -> None:

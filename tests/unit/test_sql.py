@@ -96,17 +96,18 @@ def test_libpq_text_numbers_every_parameter_in_order(name: str) -> None:
 
 
 def test_text_values_encode_what_postgresql_reads_as_text() -> None:
-    from psycopg.types.json import Jsonb
-
     statement = _psycopg_statement("complete")
-    values = {"state": "succeeded", "result": {"é": [1, 2.5, None]}, "error": None,
-              "ttl_seconds": 0.25, "key": "k", "token": 7}
+    payload = json.dumps({"é": [1, 2.5, None]}).encode()
+    values = {"state": "succeeded", "result": payload, "result_content_type": "application/json",
+              "result_content_encoding": "utf-8", "error": None, "ttl_seconds": 0.25,
+              "key": "k", "token": 7}
     dumped = statement.text_values(statement.params(values), "utf-8",
                                    lambda w: json.dumps(w.obj).encode())
-    expected = {"state": b"succeeded", "result": json.dumps({"é": [1, 2.5, None]}).encode(),
+    expected = {"state": b"succeeded", "result": b"\\x" + payload.hex().encode(),
+                "result_content_type": b"application/json", "result_content_encoding": b"utf-8",
                 "error": None, "ttl_seconds": b"0.25", "key": b"k", "token": b"7"}
     assert dumped == [expected[name] for name in statement.order]
-    assert isinstance(statement.params(values)[statement.order.index("result")], Jsonb)
+    assert statement.binary == {statement.order.index("result")}
     acquire = _psycopg_statement("acquire")
     params = acquire.text_values(acquire.params(
         {"key": "k", "task_name": "t", "task_id": "i", "owner": "o", "payload_digest": None,

@@ -1,0 +1,111 @@
+"""Results kept as the app's result backend encodes them.
+
+The first delivery's return value is stored as the bytes Celery's result
+backend would write for it: the app's ``result_serializer`` through kombu's
+serialization registry (json with kombu's datetime, date, time, Decimal, UUID
+and bytes types; pickle, msgpack and yaml where the app uses them), with the
+content type and encoding beside it. A duplicate decodes those bytes, with
+the content types the app accepts for results (``result_accept_content``,
+else ``accept_content``), and returns the value. Celery then encodes that
+value again for its own backend, and the bytes are the first delivery's: a
+chord on Celery 5.5/5.6, which counts header parts by their encoded bytes,
+counts the duplicate once.
+
+The duplicate returns what the first delivery's caller reads from the result
+backend: under json a tuple comes back as a list (as it does from the first
+delivery's ``AsyncResult``), under pickle it stays a tuple.
+
+This module needs only kombu; the store uses it to show JSON results as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+from typing import Any
+
+from kombu import exceptions, serialization
+
+# kombu is untyped: its three entry points, typed here once.
+_dumps: Any = serialization.dumps
+_loads: Any = serialization.loads
+_prepare_accept: Any = serialization.prepare_accept_content
+
+__all__ = ["JSON", "READABLE", "Encoded", "NotEncodable", "accept_of", "encode", "encode_json"]
+
+#: The content type of kombu's json serializer: results shown as text.
+JSON = "application/json"
+_TEXT_TYPES = frozenset((JSON, "application/x-yaml", "application/text"))
+#: What the store decodes for ``ClaimRecord.result``: every serializer but pickle.
+READABLE = frozenset((JSON, "application/x-yaml", "application/x-msgpack", "application/text",
+                      "application/data"))
+
+
+class NotEncodable(Exception):
+    """The result serializer cannot encode the value (or is not installed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """A result as the serializer encoded it: the bytes, their content type and encoding."""
+
+    payload: bytes
+    content_type: str
+    content_encoding: str
+
+    def decode(self, accept: Collection[str] | None) -> Any:
+        """The value, decoded by kombu; ``accept`` is a set of content types
+        (``None`` accepts every serializer kombu has enabled). Raises kombu's
+        ``ContentDisallowed`` or ``DecodeError``."""
+        accepted = None if accept is None else set(accept)
+        return _loads(self.payload, self.content_type, self.content_encoding,
+                                   accept=accepted)
+
+    @property
+    def text(self) -> str | None:
+        """The stored form as text where it is text (json, yaml); else ``None``."""
+        if self.content_type not in _TEXT_TYPES or self.content_encoding == "binary":
+            return None
+        try:
+            return self.payload.decode(self.content_encoding)
+        except (LookupError, UnicodeError):
+            return None
+
+    def __repr__(self) -> str:
+        shown = self.text if self.text is not None else f"<{len(self.payload)} bytes>"
+        return f"Encoded({self.content_type}: {shown})"
+
+
+def encode(value: Any, serializer: str) -> Encoded:
+    """``value`` as the result backend would encode it with ``serializer``.
+
+    A result handle (``AsyncResult``, ``GroupResult``) is stored as its tuple
+    unless the serializer is pickle, as Celery's ``prepare_value`` does.
+    """
+    if serializer != "pickle":
+        from celery.result import ResultBase  # only here: the store imports this module
+
+        if isinstance(value, ResultBase):
+            value = value.as_tuple()
+    try:
+        content_type, content_encoding, data = _dumps(value, serializer=serializer)
+    except (exceptions.EncodeError, exceptions.SerializerNotInstalled) as exc:
+        raise NotEncodable(f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(data, str):
+        data = data.encode(content_encoding or "utf-8")
+    return Encoded(bytes(data), content_type, content_encoding or "utf-8")
+
+
+def encode_json(value: Any) -> Encoded:
+    """``value`` through kombu's json serializer (the store's default)."""
+    return encode(value, "json")
+
+
+def accept_of(conf: Any) -> set[str] | None:
+    """The content types the app accepts for results, with the backend's precedence:
+    ``result_accept_content``, else ``accept_content``."""
+    accept = conf.get("result_accept_content")
+    if accept is None:
+        accept = conf.get("accept_content")
+    prepared: set[str] | None = _prepare_accept(accept)
+    return prepared
