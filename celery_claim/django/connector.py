@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
-from django.db.backends.postgresql.psycopg_any import Jsonb
 from sqlalchemy.dialects.postgresql import psycopg as _psycopg_dialect
 
 from celery_claim import errors, sql
@@ -174,10 +172,8 @@ class DjangoClaimStore(ClaimStore):
                     if cursor.description is None:
                         return _Outcome([], cursor.rowcount)
                     row_type = self._django_row_type(name, cursor)
-                    rows = cursor.fetchall()
-                    if "result" in row_type._fields:
-                        rows = [_decode_result(row_type, r) for r in rows]
-                    return _Outcome([row_type._make(r) for r in rows], cursor.rowcount)
+                    return _Outcome([row_type._make(r) for r in cursor.fetchall()],
+                                    cursor.rowcount)
             except errors.ClaimStoreError as exc:
                 if not exc.transient or django_connection.in_atomic_block or attempt == 2:
                     raise
@@ -204,29 +200,37 @@ class DjangoClaimStore(ClaimStore):
             compiled = bound.compile(dialect=_DIALECT,
                                      compile_kwargs={"render_postcompile": True})
             return str(compiled.string), dict(compiled.params)
-        json_params = {"result"}
-        values = []
-        for key in statement.order:
-            value = params[key]
-            if key in json_params:
-                value = Jsonb(value)
-            elif key in statement.processors:
-                value = statement.processors[key](value)
-            values.append(value)
+        # Bytes (the encoded result) go as they are: both drivers send bytea.
+        values = [params[key] if isinstance(params[key], bytes) or key not in
+                  statement.processors else statement.processors[key](params[key])
+                  for key in statement.order]
         return statement.sql, tuple(values)
 
     # --- schema (Django's migrations own it) -----------------------------------
 
     def create_schema(self) -> None:
-        """Check that the table exists: ``manage.py migrate`` creates it."""
+        """Check that the table exists and is current: ``manage.py migrate`` creates it."""
+        from celery_claim import upgrade
+
         connection = connections[self.alias]
         with translate_errors("create_schema"), connection.cursor() as cursor:
             tables = connection.introspection.table_names(cursor)
-        if self.table_name not in tables:
+            columns = (
+                {c.name for c in connection.introspection.get_table_description(
+                    cursor, self.table_name)} if self.table_name in tables else set())
+        if not columns:
             raise errors.ClaimConfigurationError(
                 f"the claims table {self.table_name} does not exist in Django's database "
                 f"{self.alias!r}: run `manage.py migrate celery_claim`")
+        missing = set(sql.RESULT_COLUMNS) - columns
+        if missing:
+            raise errors.ClaimConfigurationError(
+                f"the claims table {self.table_name} was created by an earlier release of "
+                "celery-claim: stop its workers, then run `celery-claim schema --upgrade` "
+                f"(missing: {', '.join(sorted(missing))})")
         self._schema_ready = True
+        with upgrade._checked_lock:
+            upgrade._checked.add(self)
 
     def drop_schema(self) -> None:
         raise errors.ClaimConfigurationError(
@@ -235,15 +239,6 @@ class DjangoClaimStore(ClaimStore):
 
     def ddl(self) -> str:
         return ClaimStore("postgresql+psycopg://", table=self.table_name).ddl()
-
-
-def _decode_result(row_type: Any, row: Any) -> Any:
-    # Django's backends load jsonb as text (JSONField decodes it itself).
-    index = row_type._fields.index("result")
-    if isinstance(row[index], str):
-        row = list(row)
-        row[index] = json.loads(row[index])
-    return row
 
 
 def _columns(cursor: Any) -> list[str]:

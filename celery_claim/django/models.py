@@ -41,7 +41,10 @@ class Claim(models.Model):  # type: ignore[misc]
     attempt = models.IntegerField()
     owner = models.CharField(max_length=255)
     payload_digest = models.CharField(max_length=64, null=True)
-    result = models.JSONField(null=True)
+    #: The result as the app's result serializer encoded it (celery_claim.results).
+    result = models.BinaryField(null=True)
+    result_content_type = models.CharField(max_length=128, null=True)
+    result_content_encoding = models.CharField(max_length=32, null=True)
     error = models.TextField(null=True)
     duplicates = models.IntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True)
