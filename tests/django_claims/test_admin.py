@@ -55,7 +55,8 @@ class ClaimsAdmin(TestCase):  # type: ignore[misc]
         for header in ("Key", "State", "Task name", "Token", "Owner", "Attempt", "Lease left",
                        "Duplicates", "Finished at"):
             assert f">{header}<" in text or f">{header}</a>" in text, header
-        assert "charge:1" in text and "w1@host/42" in text
+        assert "charge:1" in text
+        assert "w1@host/42" in text
         assert "stale" in text  # charge:2's lease lapsed
         assert "59." in text or "60.0s" in text  # charge:1's lease, by the database's clock
 
@@ -91,7 +92,8 @@ class ClaimsAdmin(TestCase):  # type: ignore[misc]
     def test_a_live_lease_is_refused_until_the_admin_confirms(self) -> None:
         page = self.post_release(["charge:1"])
         text = page.content.decode()
-        assert "running under a live lease" in text and "Yes, release them" in text
+        assert "running under a live lease" in text
+        assert "Yes, release them" in text
         assert claim_store().get("charge:1").state == "running"  # type: ignore[union-attr]
 
         page = self.post_release(["charge:1"], **{CONFIRM_FIELD: "yes",

@@ -44,7 +44,7 @@ def catalog(conn: sa.Connection, table: str) -> dict[str, list[Any]]:
 def test_database_url() -> Iterator[str]:
     """SQLAlchemy URL of Django's migrated test database."""
     settings = connections["default"].settings_dict
-    yield sa.engine.URL.create("postgresql+psycopg", username=settings["USER"],
+    return sa.engine.URL.create("postgresql+psycopg", username=settings["USER"],
                                password=settings["PASSWORD"] or None, host=settings["HOST"],
                                port=int(settings["PORT"]), database=settings["NAME"]
                                ).render_as_string(hide_password=False)
