@@ -37,12 +37,12 @@ DEFAULT_DATABASE_URL = os.environ.get(
     "CELERY_CLAIM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DEFAULT_REDIS_URL = os.environ.get("CELERY_CLAIM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
-SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "handwritten", "claim", "claim_cursor",
+SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "handwritten", "claim",
                    "claim_early", "claim_key", "claim_atomic", "once", "dedup")
 BODY_VARIANTS = ("plain", "plain_late", "handwritten", "claim")  # with a body that takes time
 #: The plain task with the same acking as each variant.
 SAME_ACKS = {"plain": "plain", "plain_late": "plain_late", "plain_write": "plain_late",
-             "handwritten": "plain_late", "claim": "plain_late", "claim_cursor": "plain_late",
+             "handwritten": "plain_late", "claim": "plain_late",
              "claim_early": "plain", "claim_key": "plain_late",
              "claim_atomic": "plain_late", "once": "plain", "dedup": "plain_late"}
 ACKS = {v: ("early" if SAME_ACKS[v] == "plain" else "late") for v in SAME_ACKS}

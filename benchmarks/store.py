@@ -8,9 +8,9 @@
   ``INSERT ... SELECT generate_series``): first acquires, completions and
   duplicate acquires must not slow down as the table grows;
 * ``purge``: 1M expired rows purged in batches while a client acquires;
-* ``paths``: one client's wall time and CPU per claim (acquire + complete) on
-  the hot path's libpq statements, on the driver's cursor (the path before
-  them), and for the hand-written two-statement claim, interleaved; with the
+* ``paths``: one client's wall time and CPU per claim (acquire + complete)
+  through the store, and for the hand-written two-statement claim on the
+  same kind of psycopg connection, interleaved; with the
   CPU PostgreSQL's processes spent meanwhile, where the server is on this
   machine (read from ``/proc``).
 
@@ -300,23 +300,23 @@ def _cpu() -> float:
     return times.user + times.system
 
 
-def _driver_held(store: ClaimStore) -> Any:
-    driver = store._driver  # the store's own per-thread claim connection
-    assert driver is not None, "the paths benchmark needs PostgreSQL"
-    return driver.get()
+def _thread_connection(store: ClaimStore) -> Any:
+    # The store's own claim connection of this thread (a psycopg connection).
+    threads = getattr(store.connector, "_threads", None)
+    assert threads is not None, "the paths benchmark needs PostgreSQL"
+    return threads._get()[0]
 
 
 def paths(url: str, ops: int, rounds: int = 3,
           pauses_ms: Sequence[float] = (0.0, 10.0)) -> list[dict[str, Any]]:
     """Per claim (acquire + complete, one client, fresh keys): wall time beyond
-    the pause and client CPU, through libpq, through the driver's cursor, and
-    for the hand-written claim. A pause between acquire and complete stands
-    in for a body: the connection, its backend and the CPU go idle meanwhile."""
+    the pause and client CPU, through the store and for the hand-written claim.
+    A pause between acquire and complete stands in for a body: the
+    connection, its backend and the CPU go idle meanwhile."""
     table = f"bench_paths_{uuid.uuid4().hex[:8]}"
     store = ClaimStore(url, table=table)
     store.create_schema()
-    held = _driver_held(store)
-    hand = held.connection  # the same kind of autocommit psycopg connection
+    hand = _thread_connection(store)  # the same kind of autocommit psycopg connection
     hand_create, hand_claim, hand_done = handwritten_sql(f"{table}_hand")
     hand.execute(hand_create)
     cursor = hand.cursor()
@@ -339,8 +339,7 @@ def paths(url: str, ops: int, rounds: int = 3,
         for pause_ms in pauses_ms:
             n_ops = ops_at(pause_ms)
             for round_ in range(-1, rounds):  # round -1 warms every path up
-                for name in ("libpq", "cursor", "handwritten"):
-                    held.libpq = name == "libpq"
+                for name in ("claim", "handwritten"):
                     run = handwritten if name == "handwritten" else claim
                     n = min(200, n_ops) if round_ < 0 else n_ops
                     server0, cpu0, t0 = server_cpu_reading(), _cpu(), time.perf_counter()

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
         ClaimPayloadMismatch,
         ClaimResultUnavailable,
         ClaimStoreError,
+        ClaimStoreRefused,
+        ClaimStoreUnavailable,
     )
     from celery_claim.settings import ClaimSettings
     from celery_claim.signals import (
@@ -47,7 +49,8 @@ _EXPORTS = {
     "metadata": "celery_claim.sql",
     **{name: "celery_claim.errors" for name in (
         "ClaimConfigurationError", "ClaimError", "ClaimInProgress", "ClaimKeyError",
-        "ClaimLost", "ClaimPayloadMismatch", "ClaimResultUnavailable", "ClaimStoreError")},
+        "ClaimLost", "ClaimPayloadMismatch", "ClaimResultUnavailable", "ClaimStoreError",
+        "ClaimStoreRefused", "ClaimStoreUnavailable")},
     **{name: "celery_claim.signals" for name in (
         "claim_acquired", "claim_completed", "claim_duplicate", "claim_lost",
         "claim_released", "claim_store_error")},
@@ -78,6 +81,8 @@ __all__ = [
     "ClaimSettings",
     "ClaimStore",
     "ClaimStoreError",
+    "ClaimStoreRefused",
+    "ClaimStoreUnavailable",
     "ClaimTask",
     "__version__",
     "claim_acquired",

@@ -7,13 +7,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import orm
+from typing import TYPE_CHECKING, Any
 
 from celery_claim import errors
-from celery_claim.store import ClaimStore, translate_errors
+from celery_claim.connectors.base import Transaction
+from celery_claim.store import ClaimStore
+
+if TYPE_CHECKING:
+    from sqlalchemy import orm
 
 __all__ = ["Claim"]
 
@@ -47,7 +48,7 @@ class Claim:
         self._lost: str | None = None
         self._on_lost = on_lost
         self._lock = threading.Lock()
-        self._connection: sa.Connection | None = None
+        self._transaction: Transaction | None = None
 
     @property
     def store(self) -> ClaimStore:
@@ -75,38 +76,28 @@ class Claim:
             raise errors.ClaimLost(key=self.key, token=self.token, noticed_by=self._lost)
 
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[sa.Connection]:
-        """A connection whose writes commit together with the claim's completion.
+    def atomic(self) -> Iterator[Any]:
+        """A transaction whose writes commit together with the claim's completion.
 
-        The writes become visible only when the body has returned and the
-        fenced completion succeeded, in the same transaction. If the body
-        raises, or the claim was lost, they are rolled back. A block that
-        raises leaves no writes of its own; earlier blocks are kept.
+        Gives the connector's handle: a SQLAlchemy ``Connection`` with the
+        SQLAlchemy connector; ``None`` where the body writes through its own
+        library (Django's ORM). The writes become visible only when the body
+        has returned and the fenced completion succeeded, in the same
+        transaction. If the body raises, or the claim was lost, they are
+        rolled back. A block that raises leaves no writes of its own; earlier
+        blocks are kept.
         """
         self.check()
-        if self._connection is None:
-            connection = self.store.connect()
+        if self._transaction is None:
+            self._transaction = transaction = self.store.begin(key=self.key)
             try:
-                connection.begin()
-            except BaseException:
-                connection.close()
-                raise
-            self._connection = connection
-            try:
-                yield connection
+                yield transaction.handle
             except BaseException:
                 self.rollback()
                 raise
             return
-        savepoint = self._connection.begin_nested()
-        try:
-            yield self._connection
-        except BaseException:
-            if savepoint.is_active:
-                savepoint.rollback()
-            raise
-        if savepoint.is_active:
-            savepoint.commit()
+        with self._transaction.savepoint() as handle:
+            yield handle
 
     @contextlib.contextmanager
     def session(self, **options: Any) -> Iterator[orm.Session]:
@@ -115,6 +106,8 @@ class Claim:
         ``session.commit()`` inside only flushes; the transaction commits with
         the claim's completion.
         """
+        from sqlalchemy import orm
+
         with self.atomic() as connection, orm.Session(bind=connection, **options) as session:
             yield session
             # Ends the session's own transaction (a savepoint, or nothing);
@@ -124,34 +117,20 @@ class Claim:
     # --- used by ClaimTask ---------------------------------------------------
 
     @property
-    def connection(self) -> sa.Connection | None:
-        """The atomic() connection, if the body opened one."""
-        return self._connection
+    def connection(self) -> Transaction | None:
+        """The open atomic() transaction, if the body opened one: the store
+        runs the completion in it (``ClaimStore.complete(connection=...)``)."""
+        return self._transaction
 
     def commit(self) -> None:
-        if self._connection is not None:
-            try:
-                with translate_errors("commit", key=self.key):
-                    self._connection.commit()
-            finally:
-                self._close()
+        transaction, self._transaction = self._transaction, None
+        if transaction is not None:
+            transaction.commit(key=self.key)
 
     def rollback(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.rollback()
-            except Exception:  # the connection may be gone; nothing was committed
-                logger.debug("rollback of atomic() failed", exc_info=True)
-            finally:
-                self._close()
-
-    def _close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:
-                logger.debug("closing atomic() connection failed", exc_info=True)
+        transaction, self._transaction = self._transaction, None
+        if transaction is not None:
+            transaction.rollback()
 
     # Leased protocol (the heartbeat)
     def mark_lost(self, where: str) -> None:

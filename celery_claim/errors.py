@@ -2,9 +2,10 @@
 
 Every exception derives from :class:`ClaimError`. The class docstring is the
 default message, so ``str()`` is never empty; callers add the specifics.
-Driver errors are wrapped in :class:`ClaimStoreError` by
-:func:`celery_claim.store.translate_errors`, with the original kept as
-``__cause__``.
+Driver errors are translated in one place, the connector's
+:meth:`~celery_claim.connectors.base.Connector.translate`: into
+:class:`ClaimStoreUnavailable` (try again later) or :class:`ClaimStoreRefused`
+(the database refused the statement), with the original kept as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ __all__ = [
     "ClaimPayloadMismatch",
     "ClaimResultUnavailable",
     "ClaimStoreError",
+    "ClaimStoreRefused",
+    "ClaimStoreUnavailable",
 ]
 
 
@@ -48,10 +51,24 @@ class ClaimKeyError(ClaimError, ValueError):
 class ClaimStoreError(ClaimError):
     """The claim store could not be reached or refused the statement."""
 
-    #: True when trying again later may succeed (the database or the network
-    #: was unavailable); False when the database refused the statement or
-    #: transaction itself (a constraint, an aborted transaction).
-    transient: bool = True
+    @property
+    def transient(self) -> bool:
+        """True when trying again later may succeed (the database or the
+        network was unavailable); False when the database refused the
+        statement or transaction itself (:class:`ClaimStoreRefused`)."""
+        return not isinstance(self, ClaimStoreRefused)
+
+
+class ClaimStoreUnavailable(ClaimStoreError):
+    """The claim store could not be reached; trying again later may succeed."""
+
+
+class ClaimStoreRefused(ClaimStoreError):
+    """The claim database refused the statement or its transaction.
+
+    A constraint, a value out of range, an aborted transaction: trying the
+    same thing again fails the same way.
+    """
 
 
 class ClaimLost(ClaimError):

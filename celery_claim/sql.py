@@ -4,17 +4,20 @@ This is the only module that knows SQL dialects. Each statement has a name
 and a one-line description in :data:`STATEMENTS`; the store asks for them by
 name through :class:`Statements`. All times come from the database clock.
 
+:mod:`celery_claim.statements` builds them for one table, as SQLAlchemy
+constructs and, compiled for a driver, as plain SQL text with parameter
+names; connectors (:mod:`celery_claim.connectors`) run them.
+
 PostgreSQL is the production target. SQLite gives the same semantics for the
 demo and for tests that need no server (it serialises writers, so the
-statements below are just as atomic there).
+statements below are just as atomic there). Its clock is a function each
+connection registers (:func:`install_sqlite_clock`), so tests can move it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +33,8 @@ __all__ = [
     "DEFAULT_TABLE",
     "MAX_KEY_LENGTH",
     "STATEMENTS",
-    "DriverStatement",
-    "Statements",
+    "ddl",
+    "install_sqlite_clock",
     "make_table",
     "metadata",
     "parse_table_name",
@@ -105,6 +108,15 @@ def make_table(name: str = DEFAULT_TABLE, meta: sa.MetaData | None = None) -> sa
     return table
 
 
+def ddl(table: sa.Table, dialect: str) -> str:
+    """The CREATE statements of ``table`` and its indexes on ``dialect``."""
+    compiler = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect}[dialect]()
+    parts = [str(sa.schema.CreateTable(table).compile(dialect=compiler)).strip()]
+    parts += [str(sa.schema.CreateIndex(ix).compile(dialect=compiler)).strip()
+              for ix in sorted(table.indexes, key=lambda ix: ix.name or "")]
+    return ";\n\n".join(parts) + ";\n"
+
+
 #: The default table in its own ``MetaData``, for Alembic's ``target_metadata``.
 metadata = sa.MetaData()
 claims = make_table(DEFAULT_TABLE, metadata)
@@ -139,17 +151,32 @@ def _pg_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
     return f"(statement_timestamp() + make_interval(secs => {seconds}))"
 
 
+#: The SQL function that is SQLite's clock here: Unix time in seconds.
+SQLITE_CLOCK = "celery_claim_now"
+
+
+def install_sqlite_clock(dbapi_connection: Any,
+                         clock: Callable[[], float] = time.time) -> None:
+    """Register :data:`SQLITE_CLOCK` on a ``sqlite3`` connection.
+
+    ``clock`` is what SQLite's ``'now'`` would be (the process's wall clock,
+    :func:`time.time`); a test passes one it can move forward.
+    """
+    dbapi_connection.create_function(SQLITE_CLOCK, 0, clock)
+
+
 # SQLite keeps timestamps as text; this format sorts correctly and is the one
 # SQLAlchemy reads back ("YYYY-MM-DD HH:MM:SS.ffffff", UTC).
 @compiles(db_now, "sqlite")
 def _sqlite_now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    return "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+    return f"(strftime('%Y-%m-%d %H:%M:%f', {SQLITE_CLOCK}(), 'unixepoch') || '000')"
 
 
 @compiles(db_now_plus, "sqlite")
 def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
     seconds = compiler.process(next(iter(element.clauses)), **kw)
-    return f"(strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.6f seconds', {seconds})) || '000')"
+    return (f"(strftime('%Y-%m-%d %H:%M:%f', {SQLITE_CLOCK}(), 'unixepoch', "
+            f"printf('%+.6f seconds', {seconds})) || '000')")
 
 
 class has_value(FunctionElement[Any]):
@@ -236,7 +263,7 @@ def _get(t: sa.Table, dialect: str) -> sa.Executable:
     return sa.select(*_record_columns(t)).where(t.c.key == _p("key"))
 
 
-def _finish(t: sa.Table, dialect: str, *, with_result: bool) -> sa.Executable:
+def _complete(t: sa.Table, dialect: str, *, with_result: bool) -> sa.Executable:
     values: dict[str, Any] = {
         "state": _p("state"), "error": _p("error"), "lease_expires_at": sa.null(),
         "updated_at": db_now(), "finished_at": db_now(),
@@ -263,10 +290,22 @@ def _release(t: sa.Table, dialect: str) -> sa.Executable:
 
 
 def _renew(t: sa.Table, dialect: str) -> sa.Executable:
-    pairs = sa.tuple_(t.c.key, t.c.token).in_(sa.bindparam("p_pairs", expanding=True))
+    # The (key, token) pairs come as two lists, element by element: a fixed
+    # statement whatever their number (arrays here, JSON arrays on SQLite).
+    held: Any
+    if dialect == "postgresql":
+        pairs = sa.func.unnest(_p("keys", postgresql.ARRAY(sa.Text)),
+                               _p("tokens", postgresql.ARRAY(sa.BigInteger))
+                               ).table_valued("key", "token").render_derived()
+        held = sa.tuple_(t.c.key, t.c.token).in_(sa.select(pairs.c.key, pairs.c.token))
+    else:
+        keys = sa.func.json_each(_p("keys", sa.JSON)).table_valued("key", "value")
+        held = sa.exists().where(
+            keys.c.value == t.c.key,
+            sa.func.json_extract(_p("tokens", sa.JSON), "$[" + keys.c.key + "]") == t.c.token)
     return (
         sa.update(t)
-        .where(t.c.state == RUNNING, pairs)
+        .where(t.c.state == RUNNING, held)
         .values(lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)), updated_at=db_now())
         .returning(t.c.key, t.c.token)
     )
@@ -335,10 +374,10 @@ STATEMENTS: dict[str, tuple[str, Builder]] = {
     "note_duplicate": ("count a duplicate delivery and read the row it lost to",
                        _note_duplicate),
     "get": ("read one claim row with the database's current time", _get),
-    "complete": ("fenced completion that stores the encoded result",
-                 lambda t, d: _finish(t, d, with_result=True)),
-    "finish": ("fenced completion without a result (failures, unstorable results)",
-               lambda t, d: _finish(t, d, with_result=False)),
+    "complete_with_result": ("fenced completion that stores the task's result",
+                             lambda t, d: _complete(t, d, with_result=True)),
+    "complete": ("fenced completion without a result (failures, unstorable results)",
+                 lambda t, d: _complete(t, d, with_result=False)),
     "release": ("fenced release: the holder gives the claim back", _release),
     "renew": ("fenced heartbeat: extend the leases of many running claims at once", _renew),
     "force_release": ("operator release, fenced by token; refuses a live lease unless forced",
@@ -347,145 +386,3 @@ STATEMENTS: dict[str, tuple[str, Builder]] = {
     "list": ("one page of claims by key, filtered by state, task and stale lease", _list),
     "stats": ("claims, duplicates and stale leases by task and state", _stats),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class DriverStatement:
-    """A named statement compiled once to the driver's SQL, to run on a DBAPI cursor.
-
-    The constants SQLAlchemy bound as parameters are rendered into the SQL as
-    literals; what is left are the statement's own ``p_`` parameters, passed
-    by position in ``order`` (a name may repeat). ``processors`` are the bind
-    processors of typed parameters (JSON becomes the driver's JSON wrapper).
-    The store's hot path runs these without SQLAlchemy's per-call work.
-    """
-
-    name: str
-    sql: str
-    order: tuple[str, ...]
-    processors: dict[str, Callable[[Any], Any]]
-    #: The same SQL with ``$1, $2, ...`` placeholders (in ``order``), for the
-    #: driver's libpq layer; see :meth:`text_values`.
-    numbered: bytes = b""
-    #: The positions in ``order`` of binary (bytea) parameters.
-    binary: frozenset[int] = frozenset()
-
-    @classmethod
-    def compile(cls, name: str, statement: sa.Executable,
-                dialect: sa.Dialect) -> DriverStatement | None:
-        """Compile ``statement``; ``None`` unless the driver takes ``%(name)s``
-        parameters and the SQL is fixed (no expanding IN)."""
-        if dialect.paramstyle != "pyformat":
-            return None
-        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
-        binds = {bind_name: bind for bind, bind_name in compiled.bind_names.items()}
-        if any(bind.expanding for bind in binds.values()):
-            return None
-        ours = {bind_name: None for bind_name in binds if bind_name.startswith("p_")}
-        constants = {k: v for k, v in compiled.construct_params(ours).items() if k not in ours}
-        order: list[str] = []
-
-        def placeholder(match: re.Match[str]) -> str:
-            bind_name = match.group(1)
-            if bind_name in ours:
-                order.append(bind_name[2:])
-                return "%s"
-            type_ = binds[bind_name].type.dialect_impl(dialect)
-            literal = type_.literal_processor(dialect)
-            if literal is None:
-                raise errors.ClaimConfigurationError(
-                    "cannot render a constant of the statement", statement=name, bind=bind_name)
-            return str(literal(constants[bind_name])).replace("%", "%%")
-
-        text = re.sub(r"%\((\w+)\)s", placeholder, str(compiled.string))
-        processors: dict[str, Callable[[Any], Any]] = {}
-        for bind_name in ours:
-            process = binds[bind_name].type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None:
-                processors[bind_name[2:]] = process
-        numbered = iter(range(1, len(order) + 1))
-        # "%%" is a literal "%" in the driver's format; "%s" the next parameter.
-        libpq_text = re.sub(r"%%|%s", lambda m: "%" if m.group() == "%%" else f"${next(numbered)}",
-                            text)
-        binary = frozenset(i for i, bind_name in enumerate(order)
-                           if isinstance(binds[f"p_{bind_name}"].type, sa.LargeBinary))
-        return cls(name, text, tuple(order), processors, libpq_text.encode(), binary)
-
-    @functools.cached_property
-    def prepared_name(self) -> bytes:
-        """The server-side name of :attr:`numbered` when prepared: the statement's
-        name and a digest of its text (so stores of other tables never collide)."""
-        digest = hashlib.sha1(self.numbered, usedforsecurity=False).hexdigest()[:12]
-        return f"celery_claim_{self.name}_{digest}".encode()
-
-    def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        """The driver's parameters, by position, from the statement's own names."""
-        processors = self.processors
-        if processors:
-            values = {k: processors[k](v) if k in processors else v for k, v in values.items()}
-        return tuple([values[name] for name in self.order])
-
-    def text_values(self, values: tuple[Any, ...], encoding: str,
-                    dump_json: Callable[[Any], Any]) -> list[bytes | None] | None:
-        """:meth:`params`' values in PostgreSQL's text format, for
-        :attr:`numbered`; ``None`` if one of them has no plain text form here
-        (the caller then lets the driver adapt them, with its checks and
-        errors). ``dump_json`` renders the driver's JSON wrappers as the
-        driver would."""
-        out: list[bytes | None] = []
-        try:
-            for position, value in enumerate(values):
-                kind = type(value)
-                if value is None:
-                    out.append(None)
-                    continue
-                if kind is str:
-                    data = value.encode(encoding)
-                elif kind is bool:
-                    data = b"t" if value else b"f"
-                elif kind is int:
-                    data = str(value).encode()
-                elif kind is float:
-                    data = repr(value).encode()
-                elif position in self.binary:
-                    raw = getattr(value, "obj", value)  # the driver's Binary wrapper
-                    if type(raw) is not bytes:
-                        return None
-                    data = b"\\x" + raw.hex().encode()  # bytea's text form
-                elif kind.__name__ in ("Json", "Jsonb"):
-                    data = bytes(dump_json(value))
-                else:
-                    return None
-                if b"\x00" in data:
-                    return None  # libpq would cut the value short; the driver refuses it
-                out.append(data)
-        except (ValueError, UnicodeError):
-            return None  # the driver reports it as it always does
-        return out
-
-
-class Statements:
-    """The named statements built once for one table on one dialect."""
-
-    def __init__(self, table: sa.Table, dialect: str) -> None:
-        if dialect not in ("postgresql", "sqlite"):
-            raise errors.ClaimConfigurationError(
-                "celery-claim supports PostgreSQL (postgresql+psycopg://) and SQLite only",
-                dialect=dialect,
-            )
-        self.table = table
-        self.dialect = dialect
-        self._built = {name: build(table, dialect) for name, (_, build) in STATEMENTS.items()}
-        self._driver: dict[str, DriverStatement | None] = {}
-
-    def __getitem__(self, name: str) -> sa.Executable:
-        statement: sa.Executable = self._built[name]
-        return statement
-
-    def driver(self, name: str, dialect: sa.Dialect) -> DriverStatement | None:
-        """Statement ``name`` compiled for ``dialect``'s driver (built once)."""
-        try:
-            return self._driver[name]
-        except KeyError:
-            compiled = self._driver[name] = DriverStatement.compile(name, self[name], dialect)
-            return compiled

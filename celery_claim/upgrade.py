@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from celery_claim import errors, results
-from celery_claim.store import ClaimStore, translate_errors
+from celery_claim.store import ClaimStore
 
 __all__ = ["check_current", "pending", "upgrade"]
 
@@ -61,14 +61,14 @@ def _pending(conn: sa.Connection, table: sa.Table) -> list[str]:
 
 def pending(store: ClaimStore) -> list[str]:
     """What the upgrade would do to ``store``'s table (empty: it is current)."""
-    with translate_errors("inspect schema"), store.engine.connect() as conn:
+    with store.connector.translate("inspect schema"), store.engine.connect() as conn:
         return _pending(conn, store.table)
 
 
 def upgrade(store: ClaimStore) -> list[str]:
     """Upgrade ``store``'s table in one transaction; returns the steps it took."""
     table = store.table
-    with translate_errors("upgrade schema"), store.engine.begin() as conn:
+    with store.connector.translate("upgrade schema"), store.engine.begin() as conn:
         postgres = conn.dialect.name == "postgresql"
         if postgres:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
@@ -103,6 +103,10 @@ def check_current(store: ClaimStore) -> None:
     :func:`upgrade` (checked once per store and process)."""
     if store in _checked:
         return
+    from celery_claim.connectors.sqlalchemy import SQLAlchemyConnector
+
+    if not isinstance(store.connector, SQLAlchemyConnector):
+        return  # another connector checks its table itself (Django: its migrations)
     steps = pending(store)
     if steps:
         raise errors.ClaimConfigurationError(

@@ -29,7 +29,6 @@ VARIANTS: dict[str, str] = {
     "plain_late": "plain Celery task with acks_late=True (ClaimTask's acking)",
     "plain_write": "plain task (acks_late) that inserts one row in its own transaction",
     "claim": "ClaimTask, default key {task_name}:{task_id} (acks_late by default)",
-    "claim_cursor": "ClaimTask on psycopg's cursor: the hot path before its libpq statements",
     "claim_early": "ClaimTask with acks_late=False (like the plain task's default)",
     "claim_key": "ClaimTask with a business key 'order:{n}'",
     "claim_atomic": "ClaimTask inserting one row in self.claim.atomic()",
@@ -166,10 +165,6 @@ def make_app(conf: Mapping[str, str]) -> Celery:
     def claim(n: int) -> int:
         return body(n)
 
-    @app.task(shared=False, name="bench.claim_cursor", base=ClaimTask)
-    def claim_cursor(n: int) -> int:
-        return body(n)
-
     @app.task(shared=False, name="bench.claim_early", base=ClaimTask, acks_late=False)
     def claim_early(n: int) -> int:
         return body(n)
@@ -193,12 +188,5 @@ def make_app(conf: Mapping[str, str]) -> Celery:
 
     return app
 
-
-if os.environ.get("BENCH_VARIANT") == "claim_cursor":
-    # In this variant's worker only: the claim connections keep psycopg's
-    # cursor (as under a green-thread pool), to compare with the libpq path.
-    import celery_claim.store
-
-    celery_claim.store._green_threads = lambda: True
 
 app = make_app(config_from_env()) if "BENCH_BROKER" in os.environ else None

@@ -62,9 +62,9 @@ class AtomicOnDjangosConnection(TransactionTestCase):  # type: ignore[misc]
         seen = self.seen
 
         def body(task: ClaimTask, n: int) -> str:
-            with task.claim.atomic() as claim_transaction:
+            with task.claim.atomic() as claim_connection:
                 Charge.objects.create(order_id=n, amount_cents=1, pid=0)
-                with claim_transaction.cursor() as cursor:
+                with claim_connection.cursor() as cursor:
                     cursor.execute("INSERT INTO shop_charge (order_id, amount_cents, pid, token, "
                                    "created_at) VALUES (%s, 2, 0, 0, now())", [n])
             seen["inside, after the block"] = visible_charges(n)

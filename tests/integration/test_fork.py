@@ -9,6 +9,7 @@ import time
 import pytest
 
 from celery_claim import ClaimStore
+from celery_claim.connectors import Connector
 
 
 def child_work(store: ClaimStore, child: int) -> int:
@@ -69,5 +70,6 @@ def test_forked_children_open_their_own_connections(pg_store: ClaimStore) -> Non
 
 def test_control_children_sharing_the_parents_socket_get_wrong_replies(
         pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ClaimStore, "engine", property(lambda self: self._engine))
+    # The naive store: no fork check, so the children keep the parent's pool.
+    monkeypatch.setattr(Connector, "_check_fork", lambda self: None)
     assert fork_children(pg_store) != [0, 0, 0], "the harness cannot see a shared socket"

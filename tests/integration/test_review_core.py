@@ -208,12 +208,12 @@ def test_a_store_outage_inside_the_body_is_retried_not_failed(
 
     store = job.claim_store
 
-    def unreachable() -> sa.Connection:
+    def unreachable(**context: object) -> sa.Connection:
         from celery_claim.errors import ClaimStoreError
 
         raise ClaimStoreError("claim store connect failed: connection refused")
 
-    monkeypatch.setattr(store, "connect", unreachable)
+    monkeypatch.setattr(store, "begin", unreachable)
     _as_worker(job, "t-blip", (1,))
     try:
         with pytest.raises(Retry):

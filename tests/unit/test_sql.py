@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
-from celery_claim import ClaimConfigurationError, errors, sql
+from celery_claim import ClaimConfigurationError, errors, sql, statements
 
 DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
 
@@ -17,13 +16,15 @@ def test_every_named_statement_compiles(name: str, dialect: str) -> None:
     description, _ = sql.STATEMENTS[name]
     assert description
     assert "\n" not in description
-    text = str(sql.Statements(sql.claims, dialect)[name].compile(dialect=DIALECTS[dialect]))
+    text = str(statements.Statements(sql.claims, dialect)[name].compile(dialect=DIALECTS[dialect]))
     assert "celery_claims" in text
-    assert "now()" not in text.lower().replace("statement_timestamp()", "")
+    # The clock is the statement's (not the transaction's now()), or SQLite's clock function.
+    assert "now()" not in text.lower().replace("statement_timestamp()", "").replace(
+        f"{sql.SQLITE_CLOCK}()", "")
 
 
 def test_acquire_is_one_conditional_upsert() -> None:
-    text = str(sql.Statements(sql.claims, "postgresql")["acquire"].compile(
+    text = str(statements.Statements(sql.claims, "postgresql")["acquire"].compile(
         dialect=DIALECTS["postgresql"]))
     assert text.startswith("INSERT INTO celery_claims")
     assert "ON CONFLICT (key) DO UPDATE" in text
@@ -32,8 +33,8 @@ def test_acquire_is_one_conditional_upsert() -> None:
 
 
 def test_fenced_writes_check_token_and_running_state() -> None:
-    for name in ("complete", "finish", "release"):
-        text = str(sql.Statements(sql.claims, "postgresql")[name].compile(
+    for name in ("complete_with_result", "complete", "release"):
+        text = str(statements.Statements(sql.claims, "postgresql")[name].compile(
             dialect=DIALECTS["postgresql"]))
         assert "celery_claims.token = %(p_token)s" in text
         assert "celery_claims.state = " in text
@@ -41,7 +42,7 @@ def test_fenced_writes_check_token_and_running_state() -> None:
 
 def test_unsupported_dialect() -> None:
     with pytest.raises(ClaimConfigurationError, match="PostgreSQL"):
-        sql.Statements(sql.claims, "mysql")
+        statements.Statements(sql.claims, "mysql")
 
 
 @pytest.mark.parametrize("name", ["ops.claims", "claims", "_x1"])
@@ -67,7 +68,8 @@ def test_metadata_for_alembic_has_the_default_table_and_indexes() -> None:
 
 
 @pytest.mark.parametrize("cls", [
-    errors.ClaimError, errors.ClaimStoreError, errors.ClaimLost, errors.ClaimPayloadMismatch,
+    errors.ClaimError, errors.ClaimStoreError, errors.ClaimStoreUnavailable,
+    errors.ClaimStoreRefused, errors.ClaimLost, errors.ClaimPayloadMismatch,
     errors.ClaimConfigurationError, errors.ClaimInProgress, errors.ClaimKeyError])
 def test_every_error_has_a_useful_message(cls: type[errors.ClaimError]) -> None:
     assert str(cls()).strip()
@@ -75,57 +77,47 @@ def test_every_error_has_a_useful_message(cls: type[errors.ClaimError]) -> None:
     assert "key='k'" in str(cls(key="k"))
 
 
-def _psycopg_statement(name: str) -> sql.DriverStatement:
-    from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
-
-    statement = sql.Statements(sql.claims, "postgresql").driver(name, pg_psycopg.dialect())
-    assert statement is not None
-    return statement
-
-
-@pytest.mark.parametrize("name", ["acquire", "complete", "finish", "release"])
-def test_libpq_text_numbers_every_parameter_in_order(name: str) -> None:
-    statement = _psycopg_statement(name)
-    numbered = statement.numbered.decode()
-    assert "%s" not in numbered
-    assert "%%" not in numbered
-    placeholders = [int(n) for n in re.findall(r"\$(\d+)", numbered)]
-    assert placeholders == list(range(1, len(statement.order) + 1))
-    # The same statement apart from the placeholders.
-    assert re.sub(r"\$\d+", "%s", numbered) == statement.sql.replace("%%", "%")
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+@pytest.mark.parametrize("name", sql.STATEMENTS)
+def test_every_statement_compiles_to_driver_sql(name: str, driver: str) -> None:
+    named = statements.Statements(sql.claims, "postgresql")
+    compiled = named.driver(name, statements.driver_dialect(driver))
+    assert compiled.name == name
+    assert "%(" not in compiled.sql  # positional placeholders only
+    assert compiled.sql.replace("%%", "").count("%s") == len(compiled.order)
+    binds = named[name].compile(dialect=DIALECTS["postgresql"]).binds  # type: ignore[attr-defined]
+    assert set(compiled.order) == {key[2:] for key in binds if key.startswith("p_")}
 
 
-def test_text_values_encode_what_postgresql_reads_as_text() -> None:
-    statement = _psycopg_statement("complete")
-    payload = json.dumps({"é": [1, 2.5, None]}).encode()
+def test_driver_parameters_follow_the_placeholders() -> None:
+    compiled = statements.Statements(sql.claims, "postgresql").driver(
+        "complete_with_result", statements.driver_dialect("psycopg"))
+    payload = json.dumps({"é": [1]}).encode()
     values = {"state": "succeeded", "result": payload, "result_content_type": "application/json",
               "result_content_encoding": "utf-8", "error": None, "ttl_seconds": 0.25,
               "key": "k", "token": 7}
-    dumped = statement.text_values(statement.params(values), "utf-8",
-                                   lambda w: json.dumps(w.obj).encode())
-    expected = {"state": b"succeeded", "result": b"\\x" + payload.hex().encode(),
-                "result_content_type": b"application/json", "result_content_encoding": b"utf-8",
-                "error": None, "ttl_seconds": b"0.25", "key": b"k", "token": b"7"}
-    assert dumped == [expected[name] for name in statement.order]
-    assert statement.binary == {statement.order.index("result")}
-    acquire = _psycopg_statement("acquire")
-    params = acquire.text_values(acquire.params(
-        {"key": "k", "task_name": "t", "task_id": "i", "owner": "o", "payload_digest": None,
-         "lease_seconds": 30.0, "retry_failed": True, "check_payload": False}),
-        "utf-8", bytes)
-    assert params is not None
-    assert dict(zip(acquire.order, params, strict=True))["retry_failed"] == b"t"
-    assert dict(zip(acquire.order, params, strict=True))["check_payload"] == b"f"
+    params = compiled.params(values)
+    assert len(params) == len(compiled.order)
+    by_name = dict(zip(compiled.order, params, strict=True))
+    assert by_name["key"] == "k"
+    assert by_name["token"] == 7
+    assert bytes(by_name["result"]) == payload  # the encoded result, as bytea
+    psycopg2 = statements.Statements(sql.claims, "postgresql").driver(
+        "complete_with_result", statements.driver_dialect("psycopg2")).params(values)
+    assert bytes(dict(zip(compiled.order, psycopg2, strict=True))["result"]) == payload
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("error", "a\x00b"),  # libpq would cut it short; the driver refuses it clearly
-    ("error", object()), ("error", b"bytes"),
-    ("error", "\udc80"),  # not encodable
-    ("token", 10 ** 5000),  # too many digits for str(); the driver says out of range
-], ids=["nul", "object", "bytes", "surrogate", "huge-int"])
-def test_text_values_leave_to_the_driver_what_text_cannot_carry(name: str,
-                                                                 value: object) -> None:
-    statement = _psycopg_statement("release")
-    values = {"error": None, "ttl_seconds": 1.0, "key": "k", "token": 1, name: value}
-    assert statement.text_values(statement.params(values), "utf-8", bytes) is None
+def test_unknown_drivers_are_refused() -> None:
+    with pytest.raises(ClaimConfigurationError, match="psycopg2"):
+        statements.driver_dialect("asyncpg")
+    with pytest.raises(ClaimConfigurationError, match="%\\(name\\)s"):
+        statements.Statements(sql.claims, "sqlite").driver("get", DIALECTS["sqlite"])
+
+
+def test_store_errors_say_whether_to_try_again() -> None:
+    assert errors.ClaimStoreUnavailable().transient is True
+    assert errors.ClaimStoreRefused().transient is False
+    assert errors.ClaimStoreError().transient is True  # raised by hand: assume unavailable
+    assert issubclass(errors.ClaimStoreRefused, errors.ClaimStoreError)
+    with pytest.raises(AttributeError):
+        errors.ClaimStoreError().transient = False  # type: ignore[misc]

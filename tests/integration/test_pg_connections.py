@@ -1,0 +1,248 @@
+"""The claim statements on each thread's own psycopg connection: prepared
+once per session, and recovering from lost connections and lost prepared
+statements; refusals told apart from outages; signals and gevent get through
+a statement that waits on a row lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from celery_claim import ClaimStore, ClaimStoreRefused, ClaimStoreUnavailable
+
+LEASE = 30.0
+#: The statements every claimed task runs, on the thread's own connection.
+HOT = ("acquire", "note_duplicate", "get", "complete", "complete_with_result", "release")
+
+
+def _acquire(store: ClaimStore, key: str, task_id: str = "t1", digest: str | None = "d") -> Any:
+    return store.acquire(key, task_name="t", task_id=task_id, owner="w", payload_digest=digest,
+                         lease_seconds=LEASE)
+
+
+def _session(store: ClaimStore) -> Any:
+    """This thread's psycopg connection of the store (opened if need be)."""
+    threads = store.connector._threads  # type: ignore[attr-defined]
+    held = threads._get()
+    assert held is not None
+    return held[0]
+
+
+def _prepared(store: ClaimStore) -> list[str]:
+    """The statements prepared in this thread's session, as the server lists them."""
+    rows = _session(store).execute("SELECT statement FROM pg_prepared_statements").fetchall()
+    return [statement for (statement,) in rows]
+
+
+def _life_cycle(store: ClaimStore, key: str) -> list[object]:
+    """Every hot statement, each way it can answer."""
+    seen: list[object] = []
+    first = _acquire(store, key)
+    seen.append(first)
+    seen.append(_acquire(store, key, task_id="t2"))  # held: rejected
+    seen.append(store.note_duplicate(key) is not None)
+    seen.append(store.release(key, first.token, ttl_seconds=60, error="retry"))
+    second = _acquire(store, key)
+    seen.append(store.complete(key, 1, result={"stale": True}, has_result=True, ttl_seconds=60))
+    seen.append(store.complete(key, second.token, result={"é": [1, 2.5, None]},
+                               has_result=True, ttl_seconds=60))
+    record = store.get(key)
+    assert record is not None
+    seen.append((record.state, record.token, record.attempt, record.result, record.error))
+    third = _acquire(store, key + "-f")
+    seen.append(store.complete(key + "-f", third.token, state="failed", error="boom",
+                               ttl_seconds=60))
+    return seen
+
+
+EXPECTED = [True, None, True, True, False, True,
+            ("succeeded", 2, 2, {"é": [1, 2.5, None]}, None), True]
+
+
+def _answers(seen: list[object]) -> list[object]:
+    return [bool(s) if i == 0 else s for i, s in enumerate(seen)]
+
+
+def test_the_life_cycle_answers_as_specified(pg_store: ClaimStore) -> None:
+    assert _answers(_life_cycle(pg_store, "k")) == EXPECTED
+
+
+def test_hot_statements_are_prepared_once_per_session(pg_store: ClaimStore) -> None:
+    _life_cycle(pg_store, "a")
+    _life_cycle(pg_store, "b")
+    prepared = [s for s in _prepared(pg_store) if pg_store.table_name in s]
+    texts = {name: pg_store.statements.driver(name, pg_store.engine.dialect).sql
+             for name in HOT}
+    # Each hot statement once (as $n text), whatever the number of calls.
+    assert len(prepared) == len(HOT)
+    for name, text in texts.items():
+        head = text.split("%s")[0]
+        assert sum(1 for s in prepared if s.startswith(head)) >= 1, name
+
+
+def test_prepared_statements_lost_by_the_session_are_prepared_again(
+        pg_store: ClaimStore) -> None:
+    token = _acquire(pg_store, "a").token
+    session = _session(pg_store)
+    # Behind the driver's back, as a pooler's DISCARD ALL would.
+    session.pgconn.exec_(b"DEALLOCATE ALL")
+    assert not _prepared(pg_store)
+    assert pg_store.complete("a", token, result=1, has_result=True, ttl_seconds=60)
+    assert _acquire(pg_store, "b") is not None
+    assert _answers(_life_cycle(pg_store, "c")) == EXPECTED
+
+
+def test_losing_one_prepared_statement_leaves_the_others_working(
+        pg_store: ClaimStore) -> None:
+    _life_cycle(pg_store, "first")
+    rows = _session(pg_store).execute(
+        "SELECT name FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO%'").fetchall()
+    assert len(rows) == 1
+    _session(pg_store).pgconn.exec_(f"DEALLOCATE {rows[0][0]}".encode())
+    assert _answers(_life_cycle(pg_store, "second")) == EXPECTED
+
+
+def test_a_terminated_connection_is_replaced_once(pg_store: ClaimStore,
+                                                  database_url: str) -> None:
+    assert _acquire(pg_store, "a") is not None
+    pid = _session(pg_store).info.backend_pid
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
+                                {"pid": pid}).scalar_one()
+    finally:
+        engine.dispose()
+    assert _acquire(pg_store, "b") is not None  # a fresh connection, transparently
+    assert _session(pg_store).info.backend_pid != pid
+
+
+def test_database_refusals_are_not_transient(pg_store: ClaimStore) -> None:
+    assert _acquire(pg_store, "first") is not None
+    pid = _session(pg_store).info.backend_pid
+    with pytest.raises(ClaimStoreRefused) as caught:
+        _acquire(pg_store, "k" * 600)  # longer than the key column
+    assert caught.value.transient is False
+    assert "too long" in str(caught.value)
+    assert caught.value.__cause__ is not None
+    assert _acquire(pg_store, "ok") is not None  # the connection is still good
+    assert _session(pg_store).info.backend_pid == pid
+
+
+def test_an_unreachable_database_is_transient(table_name: str) -> None:
+    store = ClaimStore("postgresql+psycopg://postgres@127.0.0.1:9/test", table=table_name)
+    try:
+        with pytest.raises(ClaimStoreUnavailable) as caught:
+            _acquire(store, "k")
+        assert caught.value.transient is True
+        assert "acquire" in str(caught.value)
+    finally:
+        store.dispose()
+
+
+@pytest.fixture
+def unprepared_store(database_url: str, table_name: str) -> Iterator[ClaimStore]:
+    # As the docs advise behind PgBouncer in transaction mode.
+    engine = sa.create_engine(database_url, connect_args={"prepare_threshold": None})
+    store = ClaimStore(engine=engine, table=table_name)
+    store.create_schema()
+    yield store
+    store.drop_schema()
+    store.dispose()
+    engine.dispose()
+
+
+def test_without_prepared_statements_nothing_is_prepared(unprepared_store: ClaimStore) -> None:
+    for n in range(3):
+        assert _answers(_life_cycle(unprepared_store, f"k{n}")) == EXPECTED
+    assert _prepared(unprepared_store) == []
+
+
+class _Interrupted(Exception):
+    """What a soft time limit's signal handler raises."""
+
+
+@pytest.mark.timeout(30)
+def test_a_signal_interrupts_a_statement_waiting_on_a_lock(pg_store: ClaimStore,
+                                                           database_url: str) -> None:
+    # A duplicate's acquire waits for the row lock of another transaction; a
+    # soft time limit (a signal handler that raises) must still get through,
+    # and the interrupted connection must not be used again.
+    assert _acquire(pg_store, "k") is not None
+    pid = _session(pg_store).info.backend_pid
+    engine = sa.create_engine(database_url)
+    previous = signal.signal(signal.SIGUSR1, lambda *_: (_ for _ in ()).throw(_Interrupted()))
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        with engine.connect() as locker:
+            locker.execute(sa.text(
+                f"SELECT 1 FROM {pg_store.table_name} WHERE key = 'k' FOR UPDATE"))
+            started = time.monotonic()
+            timer.start()
+            with pytest.raises(_Interrupted):
+                _acquire(pg_store, "k", task_id="t2")
+            waited = time.monotonic() - started
+            locker.rollback()
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+        engine.dispose()
+    assert waited < 3.0, f"the signal waited {waited:.1f}s for the lock"
+    assert _acquire(pg_store, "other") is not None  # on a fresh connection
+    assert _session(pg_store).info.backend_pid != pid
+
+
+GEVENT_SCRIPT = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import json, sys, time
+    import gevent, sqlalchemy as sa
+    from celery_claim import ClaimStore
+
+    url, table = sys.argv[1], sys.argv[2]
+    store = ClaimStore(url, table=table)
+    store.create_schema()
+    def acquire(key, task_id="t1"):
+        return store.acquire(key, task_name="t", task_id=task_id, owner="w",
+                             payload_digest=None, lease_seconds=30)
+    assert acquire("locked") is not None
+    done = []
+    locker = sa.create_engine(url).connect()
+    locker.execute(sa.text(f"SELECT 1 FROM {table} WHERE key = 'locked' FOR UPDATE"))
+    blocked = gevent.spawn(lambda: done.append(("blocked", acquire("locked", "t2"))))
+    gevent.sleep(0.2)  # the blocked acquire now waits on the row lock
+    def others():
+        for n in range(20):
+            won = acquire(f"free{n}")
+            store.complete(f"free{n}", won.token, ttl_seconds=60)
+        done.append(("others", 20))
+    gevent.spawn(others).join(timeout=10)
+    locker.rollback()
+    blocked.join(timeout=10)
+    print(json.dumps({"order": [name for name, _ in done], "blocked": repr(done[-1][1])}))
+    store.drop_schema()
+    store.dispose()
+""")
+
+
+@pytest.mark.timeout(60)
+def test_gevent_runs_other_claims_while_one_waits_on_a_lock(database_url: str,
+                                                             table_name: str) -> None:
+    pytest.importorskip("gevent")
+    out = subprocess.run([sys.executable, "-c", GEVENT_SCRIPT, database_url, table_name],
+                         capture_output=True, text=True, timeout=50, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    # The other greenlet's claims finished while the first acquire waited.
+    assert report["order"] == ["others", "blocked"], out.stderr
+    assert report["blocked"] == "None"  # then it lost to the holder, as it should
