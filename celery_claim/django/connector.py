@@ -182,8 +182,14 @@ _stores_lock = threading.Lock()
 
 def claim_store(alias: str | None = None, table: str | None = None) -> ClaimStore:
     """The process's claim store on Django's database ``alias`` (default: the app's)."""
+    from django.apps import apps
+
     from celery_claim.django import conf
 
+    if not apps.ready and not apps.loading:  # `celery -A proj claim ...`: Django is not set up
+        import django
+
+        django.setup()
     alias = alias or conf.database_alias()
     table = table or conf.table_name()
     with _stores_lock:

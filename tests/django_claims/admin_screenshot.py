@@ -67,7 +67,7 @@ def proxy(target: int, cookie: str) -> http.server.ThreadingHTTPServer:
     """A local HTTP proxy to ``runserver`` that sends the session cookie."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             upstream = http.client.HTTPConnection("127.0.0.1", target, timeout=30)
             upstream.request("GET", self.path, headers={"Cookie": f"sessionid={cookie}",
                                                         "Host": "localhost"})

@@ -1,4 +1,5 @@
-"""The example Django project (examples/django) run for real: its own database,
+"""The example Django project run for real (the whole examples.django. project:
+manage.py, proj/ and shop/): its own database,
 ``manage.py migrate``, real ``celery worker`` processes, a Redis queue and key
 prefix of its own; everything is removed at the end."""
 
@@ -106,6 +107,15 @@ class ExampleProject:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.text(
                 "SELECT order_id, pid, token FROM shop_charge ORDER BY id")))
+
+    def assert_one_receipt_each(self, orders: Iterable[int]) -> None:
+        """The receipt of every order was published once (on_commit, after the claim
+        committed): one claim each, never a duplicate delivery."""
+        with self.engine.connect() as conn:
+            receipts = {row.key: (row.state, row.duplicates) for row in conn.execute(sa.text(
+                "SELECT key, state, duplicates FROM celery_claims "
+                "WHERE task_name = 'shop.tasks.email_receipt'"))}
+        assert receipts == {f"receipt:{o}": ("succeeded", 0) for o in orders}, receipts
 
     def charges_per_order(self) -> Counter[int]:
         return Counter(row.order_id for row in self.charges())

@@ -41,6 +41,7 @@ def test_business_key_duplicates_charge_every_order_once(project: ExampleProject
     assert set(per_order) == set(ORDERS), "an order was never charged"
     if task == CLAIMED:
         assert all(n == 1 for n in per_order.values()), per_order
+        project.assert_one_receipt_each(ORDERS)
     else:
         assert any(n > 1 for n in per_order.values()), "the control did not double"
 
@@ -70,6 +71,7 @@ def test_pool_children_killed_mid_body_leave_one_charge_per_order(project: Examp
         assert all(per_order[o] == 1 for o in [*held_orders, *others]), per_order
         assert killed_rows == [], "the killed holder's rows are there"
         assert sorted(r.token for r in rows if r.order_id in held_orders) == [2, 2]
+        project.assert_one_receipt_each([*held_orders, *others])
     else:
         assert all(per_order[o] == 2 for o in held_orders), per_order
         assert len(killed_rows) == 2

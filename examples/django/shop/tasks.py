@@ -7,6 +7,10 @@ published twice, a re-delivered message) finds the claim taken and does not
 charge again; a holder killed mid-body leaves no row, and the next delivery
 takes over.
 
+The receipt is published with ``transaction.on_commit``: Django sends it
+after the claim's transaction commits, so exactly once per charge, and never
+for a holder that was killed or lost its claim.
+
 ``charge_plain`` is the same body on ``celery.Task`` with ``transaction.atomic()``:
 its row commits when the block exits, so a duplicate charges again and a
 holder killed after the block has charged for good before it is run again.
@@ -30,8 +34,14 @@ def charge(self: ClaimTask, order_id: int, amount_cents: int, hold: bool = False
     with self.claim.atomic():  # transaction.atomic(using="default"), held until completion
         Charge.objects.create(order_id=order_id, amount_cents=amount_cents, pid=os.getpid(),
                               token=self.claim.token)
-    send_receipt(order_id, hold)
+        transaction.on_commit(lambda: email_receipt.delay(order_id))  # after the claim commits
+    call_the_bank(order_id, hold)
     return {"charged": order_id}
+
+
+@shared_task(base=ClaimTask, bind=True, claim_key="receipt:{order_id}")
+def email_receipt(self: ClaimTask, order_id: int) -> None:
+    """Follow-up work, published once per completed charge."""
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -39,11 +49,11 @@ def charge_plain(self: Any, order_id: int, amount_cents: int,
                  hold: bool = False) -> dict[str, int]:
     with transaction.atomic():  # commits here, whatever happens next
         Charge.objects.create(order_id=order_id, amount_cents=amount_cents, pid=os.getpid())
-    send_receipt(order_id, hold)
+    call_the_bank(order_id, hold)
     return {"charged": order_id}
 
 
-def send_receipt(order_id: int, hold: bool) -> None:
+def call_the_bank(order_id: int, hold: bool) -> None:
     """The rest of the body: a call to a slow service.
 
     ``hold`` (used by the test suite) makes the first delivery of an order
