@@ -75,3 +75,19 @@ def test_pool_children_killed_mid_body_leave_one_charge_per_order(project: Examp
     else:
         assert all(per_order[o] == 2 for o in held_orders), per_order
         assert len(killed_rows) == 2
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), [("threads", 4), ("gevent", 8)])
+def test_thread_and_gevent_pools_on_persistent_connections_charge_once(
+        project: ExampleProject, pool: str, concurrency: int) -> None:
+    # Each pool thread (greenlet) has its own Django connection, kept open
+    # between tasks (CONN_MAX_AGE=60), and so does the heartbeat thread.
+    project.start_workers(2, pool=pool, concurrency=concurrency, DJANGO_CONN_MAX_AGE="60")
+    project.publish(CLAIMED, [(order, 100) for order in ORDERS], copies=3)
+    project.drain(claimed=True)
+
+    per_order = project.charges_per_order()
+    print(f"{pool}: {sum(per_order.values())} charges for {len(ORDERS)} orders published 3 "
+          f"times each")
+    assert per_order == {order: 1 for order in ORDERS}
+    project.assert_one_receipt_each(ORDERS)
