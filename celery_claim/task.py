@@ -76,8 +76,12 @@ _stores_lock = threading.Lock()
 def store_for(resolved: settings.ClaimSettings) -> ClaimStore:
     """The process-wide store for these settings (one per database and table)."""
     if resolved.django_database is not None:
-        from celery_claim.django.connector import claim_store
-
+        try:
+            from celery_claim.django.connector import claim_store
+        except ImportError as exc:
+            raise errors.ClaimConfigurationError(
+                "claim_django_database needs Django: pip install 'celery-claim[django]'"
+            ) from exc
         return claim_store(resolved.django_database, resolved.table)
     ident = (resolved.database_url if resolved.engine is None else id(resolved.engine),
              resolved.table)
