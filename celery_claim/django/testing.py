@@ -50,18 +50,22 @@ def _forget_resolved_settings(app: Any) -> None:
 def eager_claims(app: Any = None) -> Iterator[Any]:
     """Run ``app``'s tasks eagerly (``.delay()`` included) with claims, then restore.
 
-    ``app`` defaults to Celery's current app (the project's). Yields the app.
+    ``app`` defaults to Celery's current app (the project's); it is the current
+    app while the block runs. Yields the app.
     """
-    if app is None:
-        from celery import current_app
+    from celery import current_app
 
-        app = current_app._get_current_object()
+    previous = current_app._get_current_object()
+    if app is None:
+        app = previous
     saved = {name: app.conf.get(name) for name in _SETTINGS}
     app.conf.update(_SETTINGS)
     _forget_resolved_settings(app)
+    app.set_current()  # shared_task proxies (.delay() of a @shared_task) resolve to it
     try:
         yield app
     finally:
+        previous.set_current()
         app.conf.update(saved)
         _forget_resolved_settings(app)
 

@@ -17,6 +17,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parents[1] / "examples" / "django"
+HAD_SETTINGS_MODULE = "DJANGO_SETTINGS_MODULE" in os.environ
 DRIVER = os.environ.get("CELERY_CLAIM_TEST_DJANGO_DRIVER", "psycopg")
 if DRIVER == "psycopg2":
     sys.modules["psycopg"] = None  # type: ignore[assignment]  # Django falls back to psycopg2
@@ -24,11 +25,22 @@ if DRIVER == "psycopg2":
 for path in (str(EXAMPLE), str(HERE.parent)):
     if path not in sys.path:
         sys.path.insert(0, path)
-os.environ["DJANGO_SETTINGS_MODULE"] = "django_claims.django_test_settings"
-
+# Configured in the process, not through DJANGO_SETTINGS_MODULE: the worker
+# processes other tests start inherit the environment, and must not load Django.
 import django  # noqa: E402
+from django.conf import settings  # noqa: E402
 
-django.setup()
+if not settings.configured:
+    import django_claims.django_test_settings as test_settings
+
+    settings.configure(**{name: getattr(test_settings, name) for name in dir(test_settings)
+                          if name.isupper()})
+    django.setup()
+    # The example's Celery module sets DJANGO_SETTINGS_MODULE (as a project's
+    # does); take it back out of the environment the workers inherit.
+    import proj.celery  # noqa: F401
+    if not HAD_SETTINGS_MODULE:
+        os.environ.pop("DJANGO_SETTINGS_MODULE", None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -16,14 +16,12 @@ import pytest
 from django.db import connection, connections, transaction
 from django.test import TransactionTestCase
 from django.test.utils import CaptureQueriesContext
+from proj.celery import app
 from shop.models import Charge
-from shop.tasks import charge
 
 from celery_claim import ClaimLost, ClaimTask
 from celery_claim.django.connector import claim_store
 from celery_claim.django.testing import eager_claims
-
-app = charge.app
 
 
 def in_another_thread(work: Callable[[], Any]) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import connection, transaction
 from django.test import TestCase
+from proj.celery import app as project_app
 from shop.models import Charge
 from shop.tasks import charge
 
@@ -12,6 +13,8 @@ from celery_claim.django.testing import EagerClaims
 
 
 class ClaimedTasksInATestCase(EagerClaims, TestCase):  # type: ignore[misc]
+    celery_app = project_app
+
     def test_a_duplicate_returns_the_first_result_and_charges_once(self) -> None:
         assert connection.in_atomic_block  # the test's own transaction
         first = charge.delay(7, 100)
@@ -34,7 +37,7 @@ class ClaimedTasksInATestCase(EagerClaims, TestCase):  # type: ignore[misc]
 
         ran: list[int] = []
 
-        @charge.app.task(base=ClaimTask, bind=True, claim_key="notify:{n}", name="t.notify")
+        @project_app.task(base=ClaimTask, bind=True, claim_key="notify:{n}", name="t.notify")
         def notify(self: ClaimTask, n: int) -> None:
             with self.claim.atomic():
                 transaction.on_commit(lambda: ran.append(n))
@@ -45,4 +48,4 @@ class ClaimedTasksInATestCase(EagerClaims, TestCase):  # type: ignore[misc]
                 notify.delay(1)  # a duplicate: its body does not run
             assert (len(callbacks), ran) == (1, [1])
         finally:
-            charge.app.tasks.pop("t.notify", None)
+            project_app.tasks.pop("t.notify", None)
