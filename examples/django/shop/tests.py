@@ -7,6 +7,7 @@ transaction: .delay() acquires, runs the body and completes right there.
 from __future__ import annotations
 
 from django.test import TestCase
+from proj.celery import app
 from shop.models import Charge
 from shop.tasks import charge
 
@@ -14,6 +15,8 @@ from celery_claim.django.testing import EagerClaims
 
 
 class ChargeTests(EagerClaims, TestCase):
+    celery_app = app  # the project's Celery app (default: the current one)
+
     def test_a_duplicate_delivery_charges_once(self) -> None:
         charge.delay(7, 1250)
         charge.delay(7, 1250)  # the same order again: the claim is taken
