@@ -198,10 +198,11 @@ class StoreBench:
         with self.engine.connect() as conn:
             conn.execute(sa.text(
                 f"INSERT INTO {table} (key, state, token, task_name, task_id, attempt, "  # noqa: S608
-                "owner, payload_digest, duplicates, result, created_at, updated_at, "
-                "finished_at, expires_at) "
+                "owner, payload_digest, duplicates, result, result_content_type, "
+                "result_content_encoding, created_at, updated_at, finished_at, expires_at) "
                 "SELECT 'bench.task:' || md5(i::text), 'succeeded', 1, 'bench.task', "
-                "md5(i::text), 1, 'bench', md5(i::text), 0, 'null'::jsonb, now(), now(), "
+                "md5(i::text), 1, 'bench', md5(i::text), 0, 'null'::bytea, "
+                "'application/json', 'utf-8', now(), now(), "
                 f"now(), {expires} "
                 "FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS i "
                 "ORDER BY 1"),

@@ -11,16 +11,17 @@ import dataclasses
 import difflib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from celery_claim import errors, sql
 from celery_claim.keys import DEFAULT_KEY
+from celery_claim.states import OnFailure
 
 __all__ = ["OPTIONS", "ClaimSettings", "check_names", "from_sources", "validate"]
 
 OnRunning = Literal["defer", "skip", "raise"]
-OnFailure = Literal["release", "keep"]
 
 ENV_PREFIX = "CELERY_CLAIM_"
 logger = logging.getLogger("celery_claim")
@@ -39,7 +40,7 @@ class ClaimSettings:
     lease_seconds: float = 60.0
     heartbeat: bool = True
     on_running: OnRunning = "defer"
-    on_failure: OnFailure = "release"
+    on_failure: OnFailure = OnFailure.RETRY
     store_result: bool = True
     check_payload: bool = True
     ttl_seconds: float = 7 * 24 * 3600.0
@@ -112,7 +113,13 @@ def validate(name: str, value: Any) -> Any:
     if field == "on_running":
         return _as_choice(name, value, ("defer", "skip", "raise"))
     if field == "on_failure":
-        return _as_choice(name, value, ("release", "keep"))
+        if value == "release":
+            warnings.warn(f"{name}='release' is now spelled 'retry' (the claim is marked "
+                          f"failed, and a later delivery may take it and run again); "
+                          f"'release' stops working in a later release",
+                          DeprecationWarning, stacklevel=3)
+            value = OnFailure.RETRY
+        return OnFailure(_as_choice(name, value, tuple(m.value for m in OnFailure)))
     if field == "table":
         sql.parse_table_name(value)
         return value

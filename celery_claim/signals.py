@@ -23,18 +23,23 @@ __all__ = [
 #: (seconds spent acquiring).
 claim_acquired = Signal(name="claim_acquired")
 
-#: A duplicate delivery did not run the body. Also ``outcome`` (one of
-#: ``succeeded``, ``failed``, ``running-deferred``, ``running-skipped``,
-#: ``running-raised``, ``mismatch``) and ``record`` (the current
-#: :class:`~celery_claim.store.ClaimRecord`).
+#: A duplicate delivery did not run the body. Also ``outcome`` (the text of a
+#: :class:`celery_claim.states.Outcome`: ``succeeded``, ``failed``,
+#: ``running-deferred``, ``running-skipped``, ``running-raised``, ``mismatch``)
+#: and ``record`` (the current :class:`~celery_claim.store.ClaimRecord`).
 claim_duplicate = Signal(name="claim_duplicate")
 
-#: The body finished and the claim was marked ``succeeded`` or ``failed``.
+#: The body finished and the claim was marked ``succeeded`` or ``failed``
+#: (the text of a :class:`celery_claim.states.State`).
 #: Also ``state`` and ``duration`` (seconds from acquire to completion).
 claim_completed = Signal(name="claim_completed")
 
-#: The holder gave the claim back (failure with ``claim_on_failure="release"``,
-#: ``self.retry()``, ``Reject``/``Ignore``). Also ``reason``.
+#: The holder gave the claim back before Celery acted on the body's outcome:
+#: ``self.retry()`` (``reason="retry"``), a body that raised ``Retry``,
+#: ``Ignore`` or ``Reject``, or one interrupted by a ``BaseException``
+#: (``reason`` is the exception's class name, lower case). Never on an
+#: ordinary failure: that marks the claim ``failed`` (``claim_completed``).
+#: Also ``reason``.
 claim_released = Signal(name="claim_released")
 
 #: The holder's token is no longer current: another worker took over after

@@ -209,3 +209,11 @@ def test_the_documented_alembic_step_upgrades_a_table_of_release_0_1(
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table_name}"'))
         engine.dispose()
+
+
+def test_the_command_line_on_a_table_of_release_0_1_says_to_upgrade(
+        legacy: ClaimStore, any_url: str) -> None:
+    result = CliRunner().invoke(claim, ["--database-url", any_url, "--table",
+                                        legacy.table_name, "status", "dict"])
+    assert result.exit_code == 1
+    assert "celery-claim schema --upgrade" in result.output

@@ -3,7 +3,8 @@
 The test gives the module's source; the app reads its broker, claim database,
 table and queue from ``CORE_*`` environment variables, which :class:`AppModule`
 sets for the worker and for the producer. Everything it made (the queue and
-its bindings, result keys, the claims table) is removed afterwards.
+its bindings, result keys, the claims table and ``<table>_fx``, the
+effects table a test may create) is removed afterwards.
 """
 
 from __future__ import annotations
@@ -72,10 +73,13 @@ class AppModule:
         return result
 
     def rows(self, sql: str) -> list[Any]:
+        """The rows of ``sql``; ``{table}`` is the claims table, ``{fx}`` the effects table."""
         engine = sa.create_engine(self.database_url)
         try:
-            with engine.connect() as conn:
-                return list(conn.execute(sa.text(sql.format(table=f'"{self.table}"'))))
+            with engine.begin() as conn:
+                result = conn.execute(sa.text(sql.format(table=f'"{self.table}"',
+                                                         fx=f'"{self.table}_fx"')))
+                return list(result) if result.returns_rows else []
         finally:
             engine.dispose()
 
@@ -91,6 +95,7 @@ class AppModule:
         engine = sa.create_engine(self.database_url)
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{self.table}"'))
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{self.table}_fx"'))
         engine.dispose()
 
 

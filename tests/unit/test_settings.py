@@ -18,7 +18,7 @@ URL = "sqlite:///x.db"
 def test_defaults() -> None:
     s = from_sources({}, {"claim_database_url": URL}, environ={})
     assert (s.table, s.lease_seconds, s.on_running, s.on_failure) == (
-        "celery_claims", 60.0, "defer", "release")
+        "celery_claims", 60.0, "defer", "retry")
     assert all((s.heartbeat, s.store_result, s.check_payload, s.create_schema, s.enabled))
     assert s.ttl_seconds == 7 * 24 * 3600
 
@@ -50,7 +50,7 @@ def test_unknown_environment_variable_is_logged_with_a_suggestion(
     ("claim_lease_seconds", 0, "at least 1"),
     ("claim_lease_seconds", "soon", "number of seconds"),
     ("claim_on_running", "deffer", "did you mean 'defer'"),
-    ("claim_on_failure", "retry", "must be one of"),
+    ("claim_on_failure", "retrying", "must be one of"),
     ("claim_table", "claims; drop table x", "plain identifier"),
     ("claim_table", "a.b.c", "plain identifier"),
     ("claim_heartbeat", "maybe", "boolean"),
@@ -167,3 +167,14 @@ def test_a_hard_time_limit_seen_only_by_on_timeout_requeues(soft: bool) -> None:
     else:
         on_reject.assert_called_once()
         assert on_reject.call_args.args[-1] is True  # requeue
+
+
+def test_claim_on_failure_release_is_a_deprecated_spelling_of_retry() -> None:
+    with pytest.warns(DeprecationWarning, match="now spelled 'retry'"):
+        s = from_sources({"claim_on_failure": "release"}, {"claim_database_url": URL},
+                         environ={})
+    assert s.on_failure == "retry"
+    kept = from_sources({"claim_on_failure": "keep"}, {"claim_database_url": URL}, environ={})
+    assert kept.on_failure == "keep"
+    with pytest.raises(ClaimConfigurationError, match="'retry', 'keep'"):
+        from_sources({"claim_on_failure": "relase"}, {"claim_database_url": URL}, environ={})

@@ -1,0 +1,86 @@
+"""What each claim event tells the world: a signal and a log line.
+
+The life cycle calls these at each transition; receivers (metrics, users'
+own handlers) and log readers see the same events with the same fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery_claim import signals
+from celery_claim.claim import Claim
+from celery_claim.states import Outcome, State
+from celery_claim.store import ClaimRecord
+
+__all__ = ["acquired", "completed", "duplicate", "log", "lost", "released", "warn_once"]
+
+logger = logging.getLogger("celery_claim")
+
+
+def log(level: int, event: str, handle: Claim, *, duration: float | None = None,
+        **fields: Any) -> None:
+    """One structured line for a claim event (``extra`` carries the fields)."""
+    if not logger.isEnabledFor(level):
+        return
+    extra = "".join(f" {k}={v}" for k, v in fields.items())
+    took = f" duration_ms={duration * 1000:.1f}" if duration is not None else ""
+    logger.log(level, "claim %s key=%s task_id=%s token=%s attempt=%s%s%s", event, handle.key,
+               handle.task_id, handle.token, handle.attempt, extra, took,
+               extra={"claim_event": event, "claim_key": handle.key,
+                      "task_id": handle.task_id, "claim_token": handle.token})
+
+
+def acquired(task: Any, handle: Claim, wait: float) -> None:
+    signals.claim_acquired.send(sender=task, key=handle.key, task_id=handle.task_id,
+                                token=handle.token, attempt=handle.attempt, wait=wait)
+    log(logging.DEBUG, "acquired", handle, duration=wait)
+
+
+def duplicate(task: Any, key: str, task_id: str | None, record: ClaimRecord | None,
+              outcome: Outcome, **extra: Any) -> None:
+    signals.claim_duplicate.send(sender=task, key=key, task_id=task_id,
+                                 token=record.token if record else None,
+                                 outcome=str(outcome), record=record)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "claim duplicate key=%s task_id=%s outcome=%s holder_task_id=%s token=%s%s",
+            key, task_id, outcome, record.task_id if record else None,
+            record.token if record else None,
+            "".join(f" {k}={v}" for k, v in extra.items()),
+            extra={"claim_event": "duplicate", "claim_key": key,
+                   "claim_outcome": str(outcome), "task_id": task_id})
+
+
+def completed(task: Any, handle: Claim, state: State) -> None:
+    duration = time.monotonic() - handle.acquired_at
+    signals.claim_completed.send(sender=task, key=handle.key, task_id=handle.task_id,
+                                 token=handle.token, state=str(state), duration=duration)
+    log(logging.INFO, "completed", handle, state=state, duration=duration)
+
+
+def released(task: Any, handle: Claim, reason: str) -> None:
+    signals.claim_released.send(sender=task, key=handle.key, task_id=handle.task_id,
+                                token=handle.token, reason=reason)
+    log(logging.INFO, "released", handle, reason=reason)
+
+
+def lost(task: Any, handle: Claim, where: str) -> None:
+    signals.claim_lost.send(sender=task, key=handle.key, task_id=handle.task_id,
+                            token=handle.token, where=where)
+    logger.error("claim lost key=%s task_id=%s token=%s noticed_by=%s: another worker took "
+                 "over after the lease lapsed", handle.key, handle.task_id, handle.token, where,
+                 extra={"claim_event": "lost", "claim_key": handle.key,
+                        "task_id": handle.task_id})
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_once(task: Any, topic: str, message: str, *args: Any) -> None:
+    """Log ``message`` once per task and topic in this process."""
+    if (task.name, topic) not in _warned:
+        _warned.add((task.name, topic))
+        logger.warning(message, *args)
