@@ -108,11 +108,17 @@ class Claim:
         """
         from sqlalchemy import orm
 
-        with self.atomic() as connection, orm.Session(bind=connection, **options) as session:
-            yield session
-            # Ends the session's own transaction (a savepoint, or nothing);
-            # the connection's transaction commits with the completion.
-            session.commit()
+        with self.atomic() as connection:
+            if connection is None:
+                raise errors.ClaimConfigurationError(
+                    "self.claim.session() is a SQLAlchemy session: this claim store's connector "
+                    "has no SQLAlchemy connection; write through your own library inside "
+                    "self.claim.atomic()", connector=type(self.store.connector).__name__)
+            with orm.Session(bind=connection, **options) as session:
+                yield session
+                # Ends the session's own transaction (a savepoint, or nothing);
+                # the connection's transaction commits with the completion.
+                session.commit()
 
     # --- used by ClaimTask ---------------------------------------------------
 

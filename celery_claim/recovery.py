@@ -145,15 +145,19 @@ def atomic_connection_lost(handle: Claim, exc: BaseException) -> errors.ClaimSto
     if not broken:
         return None
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    lost = errors.ClaimStoreError(
+    lost = errors.ClaimStoreUnavailable(
         "the atomic() connection to the claim store was lost under the body: "
         + (reason[0] if reason else type(exc).__name__), key=handle.key)
-    lost.transient = True
     lost.__cause__ = exc
     return lost
 
 
-def _broken(connection: sa.Connection) -> bool:
+def _broken(connection: Any) -> bool:
+    # The atomic() transaction's handle: a SQLAlchemy connection, or another
+    # connector's (Django's connection), which is not inspected here.
+    connection = getattr(connection, "handle", connection)
+    if not isinstance(connection, sa.Connection):
+        return False
     if connection.invalidated or connection.closed:
         return True
     try:

@@ -154,9 +154,7 @@ class ClaimStore:
         self._schema_ready = False
 
     def __repr__(self) -> str:
-        describe = getattr(self.connector, "describe", None)
-        where = describe() if callable(describe) else type(self.connector).__name__
-        return f"<ClaimStore {self.table_name} at {where}>"
+        return f"<ClaimStore {self.table_name} at {self.connector.describe()}>"
 
     # --- connections -------------------------------------------------------
 

@@ -2,11 +2,14 @@
 
 The claim store (:class:`celery_claim.store.ClaimStore`) knows which
 statement to run and what its answer means; a connector knows how to run it
-on one database library. The store calls only the public methods of
-:class:`Connector` and :class:`Transaction`. A connector fills in their
-hooks, the methods whose names start with one underscore; the public methods
-around them check for a fork, translate errors and retry once after a lost
-connection, the same way for every connector.
+on one database library. Give the store yours with
+``ClaimStore(connector=MyConnector(...), table="celery_claims")``.
+
+The store calls only the public methods of :class:`Connector` and
+:class:`Transaction`. A connector fills in their hooks, the methods whose
+names start with one underscore; the public methods around them check for a
+fork, translate errors and retry once after a lost connection, the same way
+for every connector.
 
 Writing a connector
 ===================
@@ -46,11 +49,16 @@ Subclass :class:`Connector`:
       still uses the socket). No connection may cross a fork.
   ``_close()``
       Close this process's connections (:meth:`Connector.dispose`).
+  ``describe()``
+      Where the claims live, for messages and ``repr`` (never a password).
+
+A whole working example, on plain psycopg cursors, is the ``CursorConnector``
+of ``tests/integration/test_connector_seam.py``.
 
 Statements and parameters
 -------------------------
 
-A hook gets a :class:`celery_claim.Statement` and a ``dict`` of
+A hook gets a :class:`~celery_claim.statements.Statement` and a ``dict`` of
 parameters by the statement's own names (``key``, ``token``...). A
 connector on a DBAPI cursor runs the driver form::
 
@@ -100,7 +108,9 @@ The transaction outlives the ``with`` block that opened it: the body
 returns first, then the completion runs and the store commits. A connector
 whose library has only a context manager for transactions (Django's
 ``transaction.atomic(using=alias)``) enters it in ``_begin`` and exits it in
-``_commit`` / ``_rollback``, on the same thread.
+``_commit`` / ``_rollback``, on the same thread. Errors of ``_execute`` and
+``_commit`` are translated as above; ``_rollback`` may fail silently (a
+broken connection has nothing committed).
 """
 
 from __future__ import annotations
@@ -186,7 +196,7 @@ class Connector(abc.ABC):
     def begin(self, **context: object) -> Transaction:
         """Open a transaction for ``atomic()``."""
         self._check_fork()
-        with self.translate("begin", **context):
+        with self.translate("connect", **context):
             return self._begin()
 
     def create_schema(self, statements: Statements) -> None:
@@ -200,6 +210,10 @@ class Connector(abc.ABC):
         self._check_fork()
         with self.translate("drop_schema"):
             self._drop_schema(statements)
+
+    def describe(self) -> str:
+        """Where the claims live, for messages (no password): override it."""
+        return type(self).__name__
 
     def dispose(self) -> None:
         """Close this process's connections (never an inherited parent's)."""

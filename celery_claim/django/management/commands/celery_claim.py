@@ -15,10 +15,11 @@ from typing import Any
 import click
 from django.core.management.base import BaseCommand, CommandError
 
-from celery_claim import cli
+from celery_claim import _cli_operations, cli
 from celery_claim.django import conf
 
-SUBCOMMANDS = (cli.status, cli.list_, cli.release, cli.purge, cli.stats)
+SUBCOMMANDS = (cli.status, cli.list_, _cli_operations.release, _cli_operations.purge,
+               _cli_operations.stats)
 
 
 @click.group(name="celery_claim", context_settings={"help_option_names": ["-h", "--help"]})
