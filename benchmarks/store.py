@@ -311,19 +311,22 @@ def _thread_connection(store: ClaimStore) -> Any:
 def paths(url: str, ops: int, rounds: int = 3,
           pauses_ms: Sequence[float] = (0.0, 10.0)) -> list[dict[str, Any]]:
     """Per claim (acquire + complete, one client, fresh keys): wall time beyond
-    the pause and client CPU, through the store and for the hand-written claim.
-    A pause between acquire and complete stands in for a body: the
-    connection, its backend and the CPU go idle meanwhile."""
+    the pause and client CPU, through the store (the SQLAlchemy connector,
+    and Django's connection where Django is installed) and for the
+    hand-written claim. A pause between acquire and complete stands in for a
+    body: the connection, its backend and the CPU go idle meanwhile."""
     table = f"bench_paths_{uuid.uuid4().hex[:8]}"
     store = ClaimStore(url, table=table)
     store.create_schema()
+    django_store = _django_store(url, table)
+    stores = {"claim": store, **({"django": django_store} if django_store else {})}
     hand = _thread_connection(store)  # the same kind of autocommit psycopg connection
     hand_create, hand_claim, hand_done = handwritten_sql(f"{table}_hand")
     hand.execute(hand_create)
     cursor = hand.cursor()
 
-    def claim(key: str, pause: float) -> None:
-        _timed_claim(store, key, pause)
+    def through(name: str) -> Callable[[str, float], Any]:
+        return lambda key, pause: _timed_claim(stores[name], key, pause)
 
     def handwritten(key: str, pause: float) -> None:
         cursor.execute(hand_claim, (key,))
@@ -340,8 +343,8 @@ def paths(url: str, ops: int, rounds: int = 3,
         for pause_ms in pauses_ms:
             n_ops = ops_at(pause_ms)
             for round_ in range(-1, rounds):  # round -1 warms every path up
-                for name in ("claim", "handwritten"):
-                    run = handwritten if name == "handwritten" else claim
+                for name in (*stores, "handwritten"):
+                    run = handwritten if name == "handwritten" else through(name)
                     n = min(200, n_ops) if round_ < 0 else n_ops
                     server0, cpu0, t0 = server_cpu_reading(), _cpu(), time.perf_counter()
                     for i in range(n):
@@ -357,6 +360,8 @@ def paths(url: str, ops: int, rounds: int = 3,
     finally:
         cursor.close()
         hand.execute(f"DROP TABLE IF EXISTS {table}_hand")
+        if django_store is not None:
+            django_store.connector.connection.close()  # type: ignore[attr-defined]
         store.drop_schema()
         store.dispose()
     return [{"path": name, "pause_ms": pause_ms, "wall_ms": statistics.median(m["wall"]),
@@ -364,6 +369,30 @@ def paths(url: str, ops: int, rounds: int = 3,
              "server_cpu_ms": statistics.median(m["server"]), "rounds": rounds,
              "ops": ops_at(pause_ms)}
             for (pause_ms, name), m in measured.items()]
+
+
+def _django_store(url: str, table: str) -> ClaimStore | None:
+    """A store on Django's connection to the same database (``None`` without Django)."""
+    try:
+        import django
+        from django.conf import settings
+    except ImportError:
+        return None
+    parsed = sa.engine.make_url(url)
+    database = {"ENGINE": "django.db.backends.postgresql", "NAME": parsed.database,
+                "USER": parsed.username or "", "PASSWORD": parsed.password or "",
+                "HOST": parsed.host or "", "PORT": str(parsed.port or "")}
+    if not settings.configured:
+        settings.configure(DATABASES={"default": database}, INSTALLED_APPS=[], USE_TZ=True)
+        django.setup()
+    from django.db import connections
+
+    from celery_claim.django.connector import DjangoConnector
+
+    alias = "celery_claim_benchmark"  # an alias of its own, whatever the process had
+    filled = connections.configure_settings({"default": dict(database), alias: database})
+    connections.settings[alias] = filled[alias]
+    return ClaimStore(connector=DjangoConnector(alias), table=table, create_schema=False)
 
 
 def _md5(i: int) -> str:

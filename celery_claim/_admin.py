@@ -30,14 +30,22 @@ class StoreConfig:
     database_url: str | None
     engine: Any
     table: str
+    #: A Django DATABASES alias (``claim_django_database``): Django's connection.
+    django_database: str | None = None
 
     def open(self) -> ClaimStore:
         """A store for these settings (no schema is created)."""
+        if self.django_database is not None:
+            from celery_claim.task import django_store
+
+            return django_store(self.django_database, self.table)
         return ClaimStore(self.database_url, engine=self.engine, table=self.table,
                           create_schema=False)
 
     def describe(self) -> str:
         """The store's location with any password hidden."""
+        if self.django_database is not None:
+            return f"{self.table} in Django's database {self.django_database!r}"
         if self.engine is not None:
             url = self.engine.url.render_as_string(hide_password=True)
         else:
@@ -71,6 +79,10 @@ def resolve(conf: Mapping[str, Any] | None = None, *, database_url: str | None =
     name = _first(table, conf.get("claim_table"), env.get(f"{settings.ENV_PREFIX}TABLE"),
                   sql.DEFAULT_TABLE)
     settings.validate("claim_table", name)
+    alias = conf.get("claim_django_database") if database_url is None else None
+    if alias is not None:
+        return StoreConfig(database_url=None, engine=None, table=str(name),
+                           django_database=str(alias))
     if engine is None and url is None:
         if require_url:
             raise errors.ClaimConfigurationError(

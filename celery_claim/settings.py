@@ -33,6 +33,8 @@ class ClaimSettings:
 
     database_url: str | None = None
     engine: Any = None
+    #: A Django ``DATABASES`` alias: the claim runs on Django's own connection.
+    django_database: str | None = None
     table: str = sql.DEFAULT_TABLE
     key: str | Callable[..., str] = DEFAULT_KEY
     lease_seconds: float = 60.0
@@ -127,6 +129,10 @@ def validate(name: str, value: Any) -> Any:
                 "claim_database_url must be an SQLAlchemy URL such as "
                 "'postgresql+psycopg://user@host/db' or 'sqlite:///claims.db'", value=value)
         return value
+    if field == "django_database" and not (isinstance(value, str) and value):
+        raise errors.ClaimConfigurationError(
+            "claim_django_database must name a Django DATABASES alias, such as 'default'",
+            value=value)
     if field == "key" and not (isinstance(value, str) or callable(value)):
         raise errors.ClaimConfigurationError(
             "claim_key must be a format string or a callable", value=value)
@@ -180,17 +186,30 @@ def app_config(conf: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
+def _check_one_store(merged: Mapping[str, Any]) -> None:
+    given = [name for name in ("claim_django_database", "claim_database_url", "claim_engine")
+             if merged.get(name) is not None]
+    if "claim_django_database" in given and len(given) > 1:
+        raise errors.ClaimConfigurationError(
+            "claim_django_database puts the claim on Django's connection: do not also set "
+            f"{' or '.join(given[1:])} (choose one claim store)")
+
+
 def from_sources(task_options: Mapping[str, Any], conf: Mapping[str, Any],
                  environ: Mapping[str, str] | None = None) -> ClaimSettings:
     """Resolve settings by precedence and validate every value."""
     check_names(task_options, "the task's options")
     merged: dict[str, Any] = _environment(os.environ if environ is None else environ)
-    merged.update(app_config(conf))
-    merged.update({k: v for k, v in task_options.items() if v is not None})
+    configured = {**app_config(conf), **{k: v for k, v in task_options.items() if v is not None}}
+    if configured.get("claim_django_database") is not None:
+        merged.pop("claim_database_url", None)  # the environment yields to the configuration
+    merged.update(configured)
+    _check_one_store(merged)
     values = {name.removeprefix("claim_"): validate(name, value)
               for name, value in merged.items()}
     settings = dataclasses.replace(_DEFAULTS, **values)
-    if settings.enabled and settings.engine is None and settings.database_url is None:
+    if (settings.enabled and settings.engine is None and settings.database_url is None
+            and settings.django_database is None):
         raise errors.ClaimConfigurationError(
             "no claim store configured: set app.conf.claim_database_url (or the environment "
             "variable CELERY_CLAIM_DATABASE_URL) to an SQLAlchemy URL, or claim_engine to an "

@@ -39,7 +39,8 @@ class _Runtime:
     def __init__(self, task: ClaimTask) -> None:
         self.settings = settings.from_sources(_task_options(type(task)), task.app.conf)
         self.keys = keys.KeyBuilder(task.name, _signature(type(task)), self.settings.key)
-        configured = self.settings.engine is not None or self.settings.database_url is not None
+        configured = (self.settings.engine is not None or self.settings.database_url is not None
+                      or self.settings.django_database is not None)
         self.store = store_for(self.settings) if configured else None
         self._task = task
 
@@ -60,8 +61,34 @@ _stores: dict[tuple[Any, ...], ClaimStore] = {}
 _stores_lock = threading.Lock()
 
 
+#: Builds the store on Django's connection for a DATABASES alias and a table:
+#: set by the Django app (``celery_claim.django`` in ``INSTALLED_APPS``) when
+#: Django starts, so the core never imports Django.
+_django_stores: Callable[[str, str], ClaimStore] | None = None
+
+
+def use_django_stores(factory: Callable[[str, str], ClaimStore]) -> None:
+    """Called by the Django app's ``ready()``: how ``claim_django_database`` stores are made."""
+    global _django_stores
+    _django_stores = factory
+
+
+def django_store(alias: str, table: str) -> ClaimStore:
+    """The store on Django's connection ``alias``; a clear error when the Django
+    app is not installed or Django has not started."""
+    if _django_stores is None:
+        raise errors.ClaimConfigurationError(
+            "claim_django_database needs the Django app: pip install 'celery-claim[django]', "
+            "add 'celery_claim.django' to INSTALLED_APPS, and start Django (a worker started "
+            "with DJANGO_SETTINGS_MODULE set does), or leave claim_django_database unset",
+            claim_django_database=alias)
+    return _django_stores(alias, table)
+
+
 def store_for(resolved: settings.ClaimSettings) -> ClaimStore:
     """The process-wide store for these settings (one per database and table)."""
+    if resolved.django_database is not None:
+        return django_store(resolved.django_database, resolved.table)
     ident = (resolved.database_url if resolved.engine is None else id(resolved.engine),
              resolved.table)
     with _stores_lock:
@@ -120,6 +147,7 @@ class ClaimTask(celery.Task):  # type: ignore[misc]
 
     claim_database_url: str | None = None
     claim_engine: Any = None
+    claim_django_database: str | None = None
     claim_table: str | None = None
     claim_key: str | Callable[..., str] | None = None
     claim_lease_seconds: float | None = None

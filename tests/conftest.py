@@ -140,6 +140,9 @@ def make_app(table_name: str) -> Iterator[Callable[..., Celery]]:
 
 #: Each directory under tests/ is one tier; a test gets its directory's marker.
 TIERS = ("unit", "integration", "acceptance")
+#: Directories of an optional part, with their tier and their group marker:
+#: the Django app's tests use real PostgreSQL (some real workers) and Django.
+GROUPS = {"django_claims": ("integration", "django")}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -150,6 +153,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             tier = item.path.relative_to(root).parts[0]
         except ValueError:
             continue  # not under tests/ (a path given on the command line elsewhere)
+        if tier in GROUPS:
+            tier, group = GROUPS[tier]
+            item.add_marker(getattr(pytest.mark, group))
         if tier not in TIERS:
-            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(TIERS)}}}/")
+            raise pytest.UsageError(
+                f"{item.nodeid}: tests live in tests/{{{','.join([*TIERS, *GROUPS])}}}/")
         item.add_marker(getattr(pytest.mark, tier))

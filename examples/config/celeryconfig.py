@@ -6,6 +6,8 @@ broker_url = "redis://localhost:6379/0"
 
 # Where claims live: a URL (or claim_engine, an existing SQLAlchemy Engine).
 claim_database_url = "postgresql+psycopg://postgres@localhost:5432/test"
+# In a Django project, a DATABASES alias instead: the claim on Django's connection.
+claim_django_database = None  # e.g. "default" (then no claim_database_url)
 claim_table = "celery_claims"  # "schema.table" works too
 
 # Per task these are @app.task(...) options with the same names.

@@ -43,7 +43,8 @@ ROOMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "proof": (("proof",), ("testing", "core")),
     "demo": (("demo", "_demo_app", "_demo_transport"), ("proof", "testing", "core")),
     "soak": (("soak", "_soak_run", "_soak_app"), ("proof", "testing", "core")),
-    "django": (("django",), ("core",)),
+    # Its manage.py command runs the command line's operations.
+    "django": (("django",), ("cli", "admin", "core")),
 }
 #: "core" in a list of allowed rooms: every room from the floor to the facade.
 CORE = ("floor", "sql", "settings", "connector", "store", "lifecycle", "task", "facade")

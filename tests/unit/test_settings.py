@@ -178,3 +178,14 @@ def test_claim_on_failure_release_is_a_deprecated_spelling_of_retry() -> None:
     assert kept.on_failure == "keep"
     with pytest.raises(ClaimConfigurationError, match="'retry', 'keep'"):
         from_sources({"claim_on_failure": "relase"}, {"claim_database_url": URL}, environ={})
+
+
+def test_a_django_database_without_the_django_app_says_what_to_do(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery_claim import task
+
+    monkeypatch.setattr(task, "_django_stores", None)
+    with pytest.raises(ClaimConfigurationError,
+                       match=r"'celery_claim\.django' to INSTALLED_APPS") as raised:
+        task.django_store("default", "celery_claims")
+    assert raised.value.context["claim_django_database"] == "default"

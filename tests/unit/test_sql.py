@@ -7,6 +7,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from celery_claim import ClaimConfigurationError, errors, sql, statements
 
+pytestmark = pytest.mark.unit
+
 DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
 
 
