@@ -2,7 +2,8 @@
 
 This is the only module that knows SQL dialects. Each statement has a name
 and a one-line description in :data:`STATEMENTS`; the store asks for them by
-name through :class:`Statements`. All times come from the database clock.
+name (:class:`~celery_claim.statements.Statements`). All times come from the
+database clock.
 
 :mod:`celery_claim.statements` builds them for one table, as SQLAlchemy
 constructs and, compiled for a driver, as plain SQL text with parameter
