@@ -101,7 +101,7 @@ def test_the_consumer_connection_lost_mid_body_runs_each_once(rabbit: Scenario) 
         env = {"CLAIM_TEST_LEASE": LEASE, "CLAIM_TEST_BROKER": proxy.url(rabbit.broker_url)}
         rabbit.prepare(CLAIM_TEST_LEASE=LEASE)
         start_workers(rabbit, **env)
-        job, records = rabbit.job("process"), rabbit.sized(40, 10)
+        job, records = rabbit.job("process"), rabbit.sized(40, 16)
         rabbit.publish(job, [(n, 0.5) for n in records], copies=2)
         wait_for(lambda: len(rabbit.effects_per_record(job)) >= 4, timeout=60,
                  message=lambda: f"no progress\n{rabbit.logs()}")
