@@ -86,6 +86,11 @@ app.conf.update(
     claim_lease_seconds=float(ENV.get("CLAIM_TEST_LEASE", "3")),
 )
 
+if app.conf.broker_url.startswith("amqp"):
+    # AMQP heartbeats every few seconds: a connection cut half-open on the way
+    # is noticed (and its messages requeued) in seconds, not minutes.
+    app.conf.broker_heartbeat = 4
+
 if ENV.get("CLAIM_TEST_PGBOUNCER"):  # the engine the docs give for PgBouncer
     import importlib.util
     import pathlib

@@ -21,12 +21,14 @@ from celery_claim.testing import TcpProxy, wait_for
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.rabbitmq]
 
 LEASE = "2"
-#: Each scenario with the ClaimTasks and as its naive control, on classic and
-#: quorum queues; the claimed run on quorum queues also runs at the lowest
-#: releases (Celery 5.5 brought their native delayed delivery).
+#: Each scenario with the ClaimTasks on classic and quorum queues, and as its
+#: naive control (on classic queues: the control shows that the scenario can
+#: see the failure; the queue type does not change what the naive guard does).
+#: The claimed run on quorum queues also runs at the lowest releases (Celery
+#: 5.5 brought their native delayed delivery).
 cases = pytest.mark.parametrize(("scenario", "queue_type"), [
     ("claim", "classic"), ("naive", "classic"),
-    pytest.param("claim", "quorum", marks=pytest.mark.floor), ("naive", "quorum"),
+    pytest.param("claim", "quorum", marks=pytest.mark.floor),
 ], indirect=["scenario"])
 
 
@@ -101,7 +103,7 @@ def test_the_consumer_connection_lost_mid_body_runs_each_once(rabbit: Scenario) 
         env = {"CLAIM_TEST_LEASE": LEASE, "CLAIM_TEST_BROKER": proxy.url(rabbit.broker_url)}
         rabbit.prepare(CLAIM_TEST_LEASE=LEASE)
         start_workers(rabbit, **env)
-        job, records = rabbit.job("process"), rabbit.sized(40, 10)
+        job, records = rabbit.job("process"), rabbit.sized(40, 16)
         rabbit.publish(job, [(n, 0.5) for n in records], copies=2)
         wait_for(lambda: len(rabbit.effects_per_record(job)) >= 4, timeout=60,
                  message=lambda: f"no progress\n{rabbit.logs()}")
