@@ -193,6 +193,10 @@ def _check_one_store(merged: Mapping[str, Any]) -> None:
         raise errors.ClaimConfigurationError(
             "claim_django_database puts the claim on Django's connection: do not also set "
             f"{' or '.join(given[1:])} (choose one claim store)")
+    if given == ["claim_database_url", "claim_engine"]:
+        raise errors.ClaimConfigurationError(
+            "claim_engine and claim_database_url both name a claim store: keep claim_engine "
+            "(the application's engine) and drop claim_database_url, or the other way round")
 
 
 def from_sources(task_options: Mapping[str, Any], conf: Mapping[str, Any],
@@ -201,7 +205,8 @@ def from_sources(task_options: Mapping[str, Any], conf: Mapping[str, Any],
     check_names(task_options, "the task's options")
     merged: dict[str, Any] = _environment(os.environ if environ is None else environ)
     configured = {**app_config(conf), **{k: v for k, v in task_options.items() if v is not None}}
-    if configured.get("claim_django_database") is not None:
+    if (configured.get("claim_django_database") is not None
+            or configured.get("claim_engine") is not None):
         merged.pop("claim_database_url", None)  # the environment yields to the configuration
     merged.update(configured)
     _check_one_store(merged)

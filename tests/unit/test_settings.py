@@ -189,3 +189,21 @@ def test_a_django_database_without_the_django_app_says_what_to_do(
                        match=r"'celery_claim\.django' to INSTALLED_APPS") as raised:
         task.django_store("default", "celery_claims")
     assert raised.value.context["claim_django_database"] == "default"
+
+
+def test_an_engine_in_the_configuration_wins_over_the_environment_url() -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine("sqlite://")
+    resolved = from_sources({}, {"claim_engine": engine},
+                            environ={"CELERY_CLAIM_DATABASE_URL": "sqlite:///elsewhere.db"})
+    assert resolved.engine is engine
+    assert resolved.database_url is None
+
+
+def test_an_engine_and_a_url_both_configured_is_an_error_that_names_both() -> None:
+    import sqlalchemy as sa
+
+    with pytest.raises(ClaimConfigurationError, match="claim_engine and claim_database_url"):
+        from_sources({}, {"claim_engine": sa.create_engine("sqlite://"),
+                          "claim_database_url": "sqlite:///other.db"}, environ={})
