@@ -207,13 +207,14 @@ class _Run:
             return [(side,) for side in reversed(self.sides)]
         return [self.sides]
 
-    def broker_backlog(self) -> int:
-        """Messages queued and unacknowledged, where the broker can be read (else 0)."""
+    def queued(self, *, unacked: bool = False) -> int:
+        """Messages in the queue (and, if asked, delivered but not acknowledged), where
+        the broker can be read; else 0."""
         if self.harness.redis is None:
             return 0
         url, prefix = self.config.broker_url, self.config.key_prefix
         return (queue_length(url, self.config.queue, key_prefix=prefix)
-                + unacked_length(url, key_prefix=prefix))
+                + (unacked_length(url, key_prefix=prefix) if unacked else 0))
 
     def run_phase(self, sides: tuple[str, ...], deadline: float | None) -> None:
         options = self.options
@@ -223,7 +224,7 @@ class _Run:
         started = time.monotonic()
         while publisher.records < options.records and (deadline is None
                                                        or time.monotonic() < deadline):
-            if self.broker_backlog() < options.backlog:
+            if self.queued() < options.backlog:
                 publisher.publish(min(200, options.records - publisher.records))
             else:
                 time.sleep(0.2)
@@ -235,7 +236,7 @@ class _Run:
     def drained(self, sides: tuple[str, ...], publisher: _Publisher) -> bool:
         counts = self.tally.counts()
         return (all(counts.settled(side) >= publisher.published for side in sides)
-                and self.broker_backlog() == 0
+                and self.queued(unacked=True) == 0
                 and not self.harness.store.list_claims(state="running", limit=1))
 
     def drain(self, sides: tuple[str, ...], publisher: _Publisher) -> None:
@@ -287,6 +288,8 @@ def _progress(run: _Run, console: Any, quiet: bool) -> Iterator[None]:
     published = bars.add_task("published", total=target, info="records")
     sides = {side: bars.add_task(LABELS[side], total=None, start=False, info="")
              for phase in run.phases() for side in phase}
+    started: set[str] = set()
+    stopped: set[str] = set()
 
     def update() -> None:
         kills = run.harness.kills
@@ -297,9 +300,11 @@ def _progress(run: _Run, console: Any, quiet: bool) -> Iterator[None]:
         counts = run.tally.counts()
         for side, bar in sides.items():
             publisher = run.publishers.get(side)
-            if publisher is not None and not bars.tasks[bar].started:
+            if publisher is not None and side not in started:
+                started.add(side)
                 bars.start_task(bar)  # a side's clock runs while it does
-            if side in run.seconds and bars.tasks[bar].stop_time is None:
+            if side in run.seconds and side not in stopped:
+                stopped.add(side)
                 bars.stop_task(bar)
             total = max(publisher.published if publisher else 0, 1)
             bars.update(bar, total=total, completed=min(counts.settled(side), total),
