@@ -1,9 +1,10 @@
 """``celery-claim demo``: the duplicate charge, told in one command.
 
-It starts real ``celery worker`` processes, publishes every order several
-times at once (a producer that retried), and runs the same charge job twice
-over: as a naive check-then-act task, then as a :class:`ClaimTask`. Then it
-counts the charges each version made.
+It is a short soak without kills (:mod:`celery_claim.proof.run`): it starts
+real ``celery worker`` processes, publishes every order several times at
+once (a producer that retried, a new task id each time), and runs the same
+charge job twice over, as a naive check-then-act task and then as a
+:class:`ClaimTask`. Then it counts the charges each version made.
 
 With nothing configured it runs on an embedded default: a SQLite file for the
 claim store and kombu's filesystem transport as the broker, both in a fresh
@@ -17,22 +18,22 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from celery_claim import _demo_app
+from celery_claim._demo_app import DemoConfig
 from celery_claim.proof import display
-from celery_claim.proof.harness import Harness, RunOptions, exit_on_sigterm, hide_password
+from celery_claim.proof.harness import exit_on_sigterm, hide_password
+from celery_claim.proof.run import RunOptions, RunSetup, SideReport, config_fields
+from celery_claim.proof.run import run as run_proof
 
 __all__ = ["DemoError", "DemoOptions", "DemoReport", "SideResult", "run"]
 
-SIDES = ((_demo_app.NAIVE, "check-then-act", "demo.naive_charge"),
-         (_demo_app.CLAIM, "ClaimTask", "demo.claim_charge"))
+#: How long "charging the card" takes: the race window of the naive task.
+PROVIDER_SECONDS = 0.03
+#: A short lease, so duplicates deferred behind a running holder come back soon.
+LEASE_SECONDS = 1.0
 
 
 class DemoError(RuntimeError):
@@ -41,20 +42,42 @@ class DemoError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SideResult(display.Side):
-    """What one version of the task did with the same duplicated jobs."""
+    """What one version of the task did with the same duplicated jobs.
+
+    ``deliveries`` are the copies published; ``suppressed`` the duplicates
+    turned away for good (a deferral comes back and is counted then).
+    """
 
     jobs: int
     charges: int
 
+    @classmethod
+    def of(cls, side: SideReport) -> SideResult:
+        return cls(label=side.label, jobs=side.records, deliveries=side.published,
+                   charges=side.records - side.lost + side.double_effects,
+                   double_effects=side.double_effects, suppressed=side.suppressed - side.deferred,
+                   lost=side.lost, seconds=side.seconds)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DemoOptions(RunOptions):
-    """``celery-claim demo``'s options; without URLs, the embedded default."""
+class DemoOptions(RunSetup):
+    """``celery-claim demo``'s options; without URLs, the embedded default.
 
-    database_url: str | None = None
-    broker_url: str | None = None
+    ``jobs`` are the orders to charge (the soak's records); ``timeout`` the
+    seconds each version may take to drain.
+    """
+
     jobs: int = 100
     timeout: float = 180.0
+
+    def run_options(self, database_url: str, broker_url: str) -> RunOptions:
+        """The demo's preset of the proof run: every copy at once, in turn, no kills."""
+        setup = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSetup)}
+        return RunOptions(
+            **{**setup, "database_url": database_url, "broker_url": broker_url},
+            pool="prefork", records=self.jobs, kill_rate=0.0, lease_seconds=LEASE_SECONDS,
+            body_seconds=0.0, race_seconds=PROVIDER_SECONDS, late_share=0.0, same_id_share=0.0,
+            in_turn=True, backlog=10 ** 9, settle=0.0, drain_timeout=self.timeout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,70 +104,6 @@ class DemoReport:
                 "claim": self.claim.as_dict(), "ok": self.ok}
 
 
-class _Demo:
-    """One demo run: the harness on its own temporary directory, the orders, the counts."""
-
-    def __init__(self, options: DemoOptions, stack: ExitStack) -> None:
-        self.options = options
-        self.tmp = Path(tempfile.mkdtemp(prefix="celery-claim-demo-"))
-        if not options.keep:
-            stack.callback(shutil.rmtree, self.tmp, ignore_errors=True)
-        database_url = options.database_url or f"sqlite:///{self.tmp / 'claims.db'}"
-        broker_url = options.broker_url or "filesystem://"
-        self.config = _demo_app.DemoConfig(name=uuid.uuid4().hex[:8], database_url=database_url,
-                                           broker_url=broker_url, broker_dir=str(self.tmp))
-        self.store_text = (hide_password(database_url) if options.database_url else
-                           f"SQLite in {self.tmp} (embedded default: no database configured)")
-        self.broker_text = (hide_password(broker_url) if options.broker_url else
-                            "kombu filesystem transport (embedded default: no broker "
-                            "configured)")
-        for folder in ("queue", "processed", "control"):
-            (self.tmp / folder).mkdir()
-        self.tables = _demo_app.DemoTables(self.config)
-        self.harness = Harness(self.config, self.tables, stack, app_module="celery_claim._demo_app",
-                               keep=options.keep, error=DemoError)
-        self.app = _demo_app.make_app(self.config)
-
-    def seed(self) -> None:
-        rows = [{"side": side, "id": i, "amount_cents": 1000 + i, "charged": False}
-                for side, _, _ in SIDES for i in range(self.options.jobs)]
-        with self.harness.store.engine.begin() as conn:
-            conn.execute(self.tables.orders.insert(), rows)
-
-    def start_workers(self) -> None:
-        options = self.options
-        self.harness.start_workers(["prefork"] * options.workers, options.concurrency, timeout=60,
-                                   log_dir=self.tmp if options.keep else None)
-
-    def publish(self, task_name: str) -> None:
-        task = self.app.tasks[task_name]
-        with self.app.connection_for_write(self.config.broker_url) as conn:
-            producer = self.app.amqp.Producer(conn)
-            for order_id in range(self.options.jobs):
-                for _ in range(self.options.copies):
-                    # A producer that retried: same job, new task id each time.
-                    task.apply_async((order_id, 1000 + order_id), producer=producer)
-
-    def done(self, side: str) -> int:
-        runs = self.tables.runs
-        with self.harness.store.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(runs)
-                                    .where(runs.c.side == side)).scalar_one())
-
-    def result(self, side: str, label: str, seconds: float) -> SideResult:
-        runs = self.tables.runs
-        charged, extra, _ = self.harness.effects(self.tables.charges, "order_id", side)
-        with self.harness.store.engine.connect() as conn:
-            suppressed = conn.execute(
-                sa.select(sa.func.count()).select_from(runs)
-                .where(runs.c.side == side, runs.c.outcome != "charged")).scalar_one()
-        return SideResult(label=label, jobs=self.options.jobs,
-                          deliveries=self.options.jobs * self.options.copies,
-                          charges=charged + extra, double_effects=extra,
-                          suppressed=int(suppressed), lost=self.options.jobs - charged,
-                          seconds=round(seconds, 2))
-
-
 def run(options: DemoOptions, *, quiet: bool = False) -> DemoReport:
     """Run the demo and return what each version did; prints progress and the table.
 
@@ -159,38 +118,32 @@ def _run(options: DemoOptions, quiet: bool) -> DemoReport:
     from rich.console import Console
 
     console = Console(stderr=quiet, quiet=quiet, highlight=False)
-    deliveries = options.jobs * options.copies
     with ExitStack() as stack:
-        demo = _Demo(options, stack)
+        tmp = Path(tempfile.mkdtemp(prefix="celery-claim-demo-"))
+        if not options.keep:
+            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        for folder in ("queue", "processed", "control"):
+            (tmp / folder).mkdir()
+        database_url = options.database_url or f"sqlite:///{tmp / 'claims.db'}"
+        broker_url = options.broker_url or "filesystem://"
+        run_options = options.run_options(database_url, broker_url)
+        config = DemoConfig(**config_fields(run_options), broker_dir=str(tmp))
+        store_text = (hide_password(database_url) if options.database_url else
+                      f"SQLite in {tmp} (embedded default: no database configured)")
+        broker_text = (hide_password(broker_url) if options.broker_url else
+                       "kombu filesystem transport (embedded default: no broker configured)")
         console.print(f"[bold]celery-claim demo[/]: {options.jobs} orders, each published "
                       f"{options.copies} times at once, {options.workers} workers x "
                       f"{options.concurrency} processes")
-        console.print(f"  claim store: {demo.store_text}")
-        console.print(f"  broker:      {demo.broker_text}")
-        demo.seed()
-        with console.status("starting workers...", spinner="dots"):
-            demo.start_workers()
-        results = {}
-        with display.progress(console, quiet=quiet) as bars:
-            tasks = {side: bars.add_task(label, total=deliveries, start=False, info="deliveries")
-                     for side, label, _ in SIDES}
-            for side, label, task_name in SIDES:
-                bars.start_task(tasks[side])
-                started = time.monotonic()
-                demo.publish(task_name)
-                while (count := demo.done(side)) < deliveries:
-                    bars.update(tasks[side], completed=count)
-                    demo.harness.check_workers()
-                    if time.monotonic() - started > options.timeout:
-                        raise DemoError(f"{label}: only {count} of {deliveries} deliveries "
-                                        f"were processed in {options.timeout:g}s")
-                    time.sleep(0.1)
-                bars.update(tasks[side], completed=deliveries)
-                bars.stop_task(tasks[side])
-                results[side] = demo.result(side, label, time.monotonic() - started)
-    report = DemoReport(name=demo.config.name, claim_store=demo.store_text, broker=demo.broker_text,
+        console.print(f"  claim store: {store_text}")
+        console.print(f"  broker:      {broker_text}")
+        result = run_proof(run_options, config, stack, console, app_module="celery_claim._demo_app",
+                           error=DemoError, quiet=quiet, log_dir=tmp if options.keep else None)
+    if result.naive is None:  # pragma: no cover - the demo always runs the control
+        raise DemoError("the check-then-act control did not run")
+    report = DemoReport(name=config.name, claim_store=store_text, broker=broker_text,
                         processes=options.workers * options.concurrency,
-                        naive=results[_demo_app.NAIVE], claim=results[_demo_app.CLAIM])
+                        naive=SideResult.of(result.naive), claim=SideResult.of(result.claimed))
     if not quiet:
         print_report(report, console)
     return report
@@ -214,7 +167,7 @@ def print_report(report: DemoReport, console: Any = None) -> None:
         f"{report.naive.charges} times for {report.naive.jobs} orders; ClaimTask "
         f"{report.claim.charges} times. ClaimTask's time includes duplicates deferred until "
         f"the holder's lease ends (claim_on_running='defer'; the demo's lease is "
-        f"{_demo_app.LEASE_SECONDS:g}s).")
+        f"{LEASE_SECONDS:g}s).")
     if report.ok:
         console.print("[green]ClaimTask charged every order exactly once.[/]")
     else:

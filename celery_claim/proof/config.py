@@ -38,6 +38,15 @@ class RunConfig:
     name: str
     database_url: str
     broker_url: str
+    #: ``claim_lease_seconds`` of the ClaimTask.
+    lease: float = 5.0
+    #: Redis ``visibility_timeout``: a killed worker's messages come back after it.
+    visibility_timeout: float = 20.0
+    #: Each body works for a random time up to this, after its effect.
+    body_seconds: float = 0.002
+    #: Both versions "call the provider" for this long before writing their
+    #: effect: in the naive version, the time between the check and the act.
+    race_seconds: float = 0.0
 
     @classmethod
     def variable(cls, field: str) -> str:
@@ -77,14 +86,13 @@ class RunConfig:
     def table_prefix(self) -> str:
         return f"claim_{self.kind}_{self.name}"
 
-    def counter(self, name: str) -> str:
-        """The Redis hash of one of the run's counters."""
-        return f"{self.key_prefix}count:{name}"
-
     def transport_options(self) -> dict[str, Any]:
-        """``broker_transport_options``: on Redis, the run's own key prefix."""
+        """``broker_transport_options``: on Redis, the run's own key prefix and timeout."""
         if self.broker_url.startswith("redis"):
-            return {"global_keyprefix": self.key_prefix}
+            # Sweep for messages past their visibility timeout every second.
+            return {"global_keyprefix": self.key_prefix,
+                    "visibility_timeout": self.visibility_timeout,
+                    "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
         return {}
 
     def celery_settings(self) -> dict[str, Any]:
@@ -100,6 +108,7 @@ class RunConfig:
             "worker_hijack_root_logger": False,
             "claim_database_url": self.database_url,
             "claim_table": self.claims_table,
+            "claim_lease_seconds": self.lease,
         }
 
     def celery_app(self, main: str) -> Celery:

@@ -5,13 +5,12 @@ the run's own tables are created, Redis is reached (when it is the broker),
 and every worker started is registered to be killed and its log removed when
 the stack unwinds; the tables and the Redis keys are dropped too, unless the
 run keeps them. :func:`exit_on_sigterm` makes SIGTERM unwind the stack like
-Ctrl-C does.
+Ctrl-C does. What a run counts is in :mod:`celery_claim.proof.counting`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import random
 import signal
@@ -29,20 +28,10 @@ from celery_claim.proof.config import RunConfig, RunTables
 from celery_claim.store import ClaimStore
 from celery_claim.testing.workers import WorkerProcess
 
-__all__ = ["Harness", "RunOptions", "exit_on_sigterm", "hide_password"]
+__all__ = ["Harness", "exit_on_sigterm", "hide_password"]
 
 #: Workers younger than this are not killed: a kill then tests start-up, not the claim.
 SETTLE_SECONDS = 5.0
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    """What every run is given; the demo and the soak add theirs and set their defaults."""
-
-    workers: int = 2
-    concurrency: int = 2
-    copies: int = 3
-    keep: bool = False
 
 
 def hide_password(url: str) -> str:
@@ -178,26 +167,10 @@ class Harness:
         if failed:
             raise self.error(f"a kill failed: {failed[0]}".splitlines()[0]) from failed[0]
 
-    # --- counting -----------------------------------------------------------------
-
-    def effects(self, table: sa.Table, key: str, side: str) -> tuple[int, int, int]:
-        """Of one side's effects in ``table`` (a row per effect, ``key`` naming the job):
-        the jobs done, the effects beyond one per job, and the jobs done more than once."""
-        per_job = (sa.select(table.c[key], sa.func.count().label("n"))
-                   .where(table.c.side == side).group_by(table.c[key]).subquery())
-        with self.store.engine.connect() as conn:
-            done, extra, doubled = conn.execute(sa.select(
-                sa.func.count(), sa.func.coalesce(sa.func.sum(per_job.c.n - 1), 0),
-                sa.func.count().filter(per_job.c.n > 1))).one()
-        return int(done), int(extra), int(doubled)
-
-    def counters(self, name: str) -> dict[str, int]:
-        """One of the run's Redis counters (a hash of field to count)."""
-        found: dict[bytes, bytes] = self.redis.hgetall(self.config.counter(name))
-        return {k.decode(): int(v) for k, v in found.items()}
+    # --- Redis ---------------------------------------------------------------------
 
     def delete_keys(self) -> None:
-        """Remove every Redis key of the run: its queue, kombu's bookkeeping, its counters."""
+        """Remove every Redis key of the run: its queue and kombu's bookkeeping."""
         keys = list(self.redis.scan_iter(match=f"{self.config.key_prefix}*", count=1000))
         for start in range(0, len(keys), 1000):
             self.redis.delete(*keys[start:start + 1000])

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from celery_claim import cli, soak
-from celery_claim._soak_app import latency_bucket
+from celery_claim.proof.counting import latency_bucket
 
 URLS = ["--database-url", "postgresql+psycopg://u:secret@db/x", "--broker-url",
         "redis://127.0.0.1:6379/3"]
