@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text.append(worker_tables(results))
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-        for variant in ("plain_late", "handwritten", "claim"):
+        for variant in ("plain_late", "floor", "handwritten", "claim"):
             out = args.profile / f"{variant}.txt"
             workers.run_case(workers.Case(variant, "solo", 0), 4 * args.messages, services,
                              log=log, profile=out)

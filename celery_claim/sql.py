@@ -282,9 +282,13 @@ def _note_duplicate(t: sa.Table, dialect: str, *verdict: Any) -> Any:
     )
 
 
-def _lost_to(t: sa.Table, dialect: str) -> Any:
+def _lost_to(t: sa.Table, dialect: str, *, locked: bool = False) -> Any:
     takes, mismatch = _takes(t, digest=_p("payload_digest", sa.String),
                              task_id=_p("task_id", sa.String), now=db_now())
+    if locked:
+        # Beside the acquire that just refused the row: it evaluated ``takes``
+        # on this very version, locked it, at the same statement time.
+        takes = sa.false()
     return _note_duplicate(t, dialect, takes.label("takeable"), mismatch.label("mismatch"))
 
 
@@ -300,13 +304,16 @@ def _claim(t: sa.Table, dialect: str) -> sa.Executable:
     if dialect != "postgresql":
         return _acquire(t, dialect)
     won = _insert(t, dialect).returning(t.c.token, t.c.attempt).cte("won")
-    lost = _lost_to(t, dialect).where(~sa.exists(sa.select(1).select_from(won))).cte("lost")
-    names = [c.name for c in lost.c if c.name not in ("token", "attempt")]
+    lost = _lost_to(t, dialect, locked=True).where(
+        ~sa.exists(sa.select(1).select_from(won))).cte("lost")
+    # The lost branch first: its columns name the result, and the won
+    # branch's NULLs take their types from it. Kept short: psycopg caches its
+    # parse of a statement's text only up to 4 kB; a longer one is parsed
+    # again on every call.
+    others = [c for c in lost.c if c.name not in ("token", "attempt")]
     return sa.union_all(
-        sa.select(sa.true().label("won"), won.c.token, won.c.attempt,
-                  *[sa.cast(sa.null(), lost.c[n].type).label(n) for n in names]),
-        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt,
-                  *[lost.c[n] for n in names]),
+        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, *others),
+        sa.select(sa.true(), won.c.token, won.c.attempt, *[sa.null() for _ in others]),
     )
 
 
