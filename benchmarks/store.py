@@ -387,6 +387,41 @@ def paths(url: str, ops: int, rounds: int = 3,
             for (pause_ms, name), m in measured.items()]
 
 
+def calls(url: str, n: int = 2000, rounds: int = 3) -> list[dict[str, Any]]:
+    """Client CPU and wall time per store call, one client: the acquire alone,
+    the task's acquire (``claim``) on fresh keys, and ``claim`` on a finished
+    key (a duplicate). Medians over ``rounds`` after one warm-up round."""
+    store = ClaimStore(url, table=f"bench_calls_{uuid.uuid4().hex[:8]}")
+    store.create_schema()
+    options: dict[str, Any] = {"task_name": "bench", "owner": "bench",
+                               "payload_digest": "d" * 64, "lease_seconds": 60}
+    measured: dict[str, dict[str, list[float]]] = {}
+    try:
+        first = store.acquire("done", task_id="done", **options)
+        assert first is not None
+        store.complete("done", first.token, result=None, has_result=True, ttl_seconds=3600)
+        run: dict[str, Callable[[int, int], Any]] = {
+            "acquire": lambda r, i: store.acquire(f"a:{r}:{i}", task_id="t", **options),
+            "claim": lambda r, i: store.claim(f"c:{r}:{i}", task_id="t", **options),
+            "claim, duplicate": lambda r, i: store.claim("done", task_id="other", **options),
+        }
+        for round_ in range(-1, rounds):
+            for name, call in run.items():
+                cpu0, t0 = _cpu(), time.perf_counter()
+                for i in range(n):
+                    call(round_, i)
+                if round_ >= 0:
+                    row = measured.setdefault(name, {"cpu": [], "wall": []})
+                    row["cpu"].append(1000 * (_cpu() - cpu0) / n)
+                    row["wall"].append(1000 * (time.perf_counter() - t0) / n)
+    finally:
+        store.drop_schema()
+        store.dispose()
+    return [{"call": name, "cpu_ms": statistics.median(m["cpu"]),
+             "wall_ms": statistics.median(m["wall"]), "cpu_ms_rounds": m["cpu"], "calls": n}
+            for name, m in measured.items()]
+
+
 def _django_store(url: str, table: str) -> ClaimStore | None:
     """A store on Django's connection to the same database (``None`` without Django)."""
     try:
