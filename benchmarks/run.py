@@ -189,6 +189,15 @@ def paths_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def calls_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["\n#### Store: client CPU per call, one client (median; per round)\n",
+             "| call | client CPU ms | wall ms | per round |", "|---|---|---|---|"]
+    for row in rows:
+        rounds = ", ".join(f"{v:.3f}" for v in row["cpu_ms_rounds"])
+        lines.append(f"| {row['call']} | {row['cpu_ms']:.3f} | {row['wall_ms']:.3f} | {rounds} |")
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     def out(*cmd: str) -> str:
         try:
@@ -218,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that everything runs, measures nothing")
     parser.add_argument("--suite", default="workers,store",
-                        help="workers, store or both; or paths: the store's paths comparison")
+                        help="workers, store or both; or paths: the store's paths comparison; "
+                        "calls: client CPU per store call")
     parser.add_argument("--pools", default=",".join(workers.POOLS))
     parser.add_argument("--variants", default=",".join(SINGLE_VARIANTS))
     parser.add_argument("--duplicates", default=",".join(workers.DUPLICATE_VARIANTS),
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text.append(worker_tables(results))
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-        for variant in ("plain_late", "handwritten", "claim"):
+        for variant in ("plain_late", "floor", "handwritten", "claim"):
             out = args.profile / f"{variant}.txt"
             workers.run_case(workers.Case(variant, "solo", 0), 4 * args.messages, services,
                              log=log, profile=out)
@@ -300,6 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif "paths" in args.suite:  # the paths comparison alone (the store suite includes it)
         report["paths"] = store_bench.paths(args.database_url, 50 if args.quick else 5000)
         text.append(paths_table(report["paths"]))
+    if "calls" in args.suite:  # client CPU per store call
+        report["calls"] = store_bench.calls(args.database_url, 50 if args.quick else 2000)
+        text.append(calls_table(report["calls"]))
     m = report["machine"]
     header = (f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, Celery "
               f"{m['celery']}, {m['postgresql']}, {m['redis_server'].split(' sha')[0]}; "

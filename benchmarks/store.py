@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks.apps.bench_app import handwritten_sql
+from benchmarks.apps.bench_app import floor_sql, handwritten_sql
 from benchmarks.workers import server_cpu_reading, server_cpu_since
 from celery_claim import ClaimStore
 
@@ -52,9 +52,11 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 def _timed_claim(store: ClaimStore, key: str, pause: float = 0.0) -> tuple[float, float]:
     """Acquire the fresh ``key``, (pause,) complete it: the seconds each statement took."""
+    # The statement a task's acquire runs (``claim``; ``acquire`` before it existed).
+    acquire = getattr(store, "claim", store.acquire)
     t0 = time.perf_counter()
-    won = store.acquire(key, task_name="bench", task_id=key, owner="bench",
-                        payload_digest="d", lease_seconds=60)
+    won = acquire(key, task_name="bench", task_id=key, owner="bench",
+                  payload_digest="d", lease_seconds=60)
     t1 = time.perf_counter()
     assert won is not None
     if pause:
@@ -313,7 +315,8 @@ def paths(url: str, ops: int, rounds: int = 3,
     """Per claim (acquire + complete, one client, fresh keys): wall time beyond
     the pause and client CPU, through the store (the SQLAlchemy connector,
     and Django's connection where Django is installed) and for the
-    hand-written claim. A pause between acquire and complete stands in for a
+    hand-written claims (the project's old two-column one, and the floor:
+    three columns, fenced by a token). A pause between acquire and complete stands in for a
     body: the connection, its backend and the CPU go idle meanwhile."""
     table = f"bench_paths_{uuid.uuid4().hex[:8]}"
     store = ClaimStore(url, table=table)
@@ -323,6 +326,8 @@ def paths(url: str, ops: int, rounds: int = 3,
     hand = _thread_connection(store)  # the same kind of autocommit psycopg connection
     hand_create, hand_claim, hand_done = handwritten_sql(f"{table}_hand")
     hand.execute(hand_create)
+    floor_create, floor_claim, floor_done = floor_sql(f"{table}_floor")
+    hand.execute(floor_create)
     cursor = hand.cursor()
 
     def through(name: str) -> Callable[[str, float], Any]:
@@ -335,6 +340,16 @@ def paths(url: str, ops: int, rounds: int = 3,
             time.sleep(pause)
         cursor.execute(hand_done, (key,))
 
+    def floor(key: str, pause: float) -> None:
+        cursor.execute(floor_claim, (key,))
+        row = cursor.fetchone()
+        assert row is not None
+        if pause:
+            time.sleep(pause)
+        cursor.execute(floor_done, (key, row[0]))
+
+    others = {"handwritten": handwritten, "floor": floor}
+
     def ops_at(pause_ms: float) -> int:  # about 3 s of pauses per path and round at most
         return ops if not pause_ms else max(20, min(ops, int(3000 / pause_ms)))
 
@@ -343,8 +358,8 @@ def paths(url: str, ops: int, rounds: int = 3,
         for pause_ms in pauses_ms:
             n_ops = ops_at(pause_ms)
             for round_ in range(-1, rounds):  # round -1 warms every path up
-                for name in (*stores, "handwritten"):
-                    run = handwritten if name == "handwritten" else through(name)
+                for name in (*stores, *others):
+                    run = others[name] if name in others else through(name)
                     n = min(200, n_ops) if round_ < 0 else n_ops
                     server0, cpu0, t0 = server_cpu_reading(), _cpu(), time.perf_counter()
                     for i in range(n):
@@ -360,6 +375,7 @@ def paths(url: str, ops: int, rounds: int = 3,
     finally:
         cursor.close()
         hand.execute(f"DROP TABLE IF EXISTS {table}_hand")
+        hand.execute(f"DROP TABLE IF EXISTS {table}_floor")
         if django_store is not None:
             django_store.connector.connection.close()  # type: ignore[attr-defined]
         store.drop_schema()
@@ -369,6 +385,41 @@ def paths(url: str, ops: int, rounds: int = 3,
              "server_cpu_ms": statistics.median(m["server"]), "rounds": rounds,
              "ops": ops_at(pause_ms)}
             for (pause_ms, name), m in measured.items()]
+
+
+def calls(url: str, n: int = 2000, rounds: int = 3) -> list[dict[str, Any]]:
+    """Client CPU and wall time per store call, one client: the acquire alone,
+    the task's acquire (``claim``) on fresh keys, and ``claim`` on a finished
+    key (a duplicate). Medians over ``rounds`` after one warm-up round."""
+    store = ClaimStore(url, table=f"bench_calls_{uuid.uuid4().hex[:8]}")
+    store.create_schema()
+    options: dict[str, Any] = {"task_name": "bench", "owner": "bench",
+                               "payload_digest": "d" * 64, "lease_seconds": 60}
+    measured: dict[str, dict[str, list[float]]] = {}
+    try:
+        first = store.acquire("done", task_id="done", **options)
+        assert first is not None
+        store.complete("done", first.token, result=None, has_result=True, ttl_seconds=3600)
+        run: dict[str, Callable[[int, int], Any]] = {
+            "acquire": lambda r, i: store.acquire(f"a:{r}:{i}", task_id="t", **options),
+            "claim": lambda r, i: store.claim(f"c:{r}:{i}", task_id="t", **options),
+            "claim, duplicate": lambda r, i: store.claim("done", task_id="other", **options),
+        }
+        for round_ in range(-1, rounds):
+            for name, call in run.items():
+                cpu0, t0 = _cpu(), time.perf_counter()
+                for i in range(n):
+                    call(round_, i)
+                if round_ >= 0:
+                    row = measured.setdefault(name, {"cpu": [], "wall": []})
+                    row["cpu"].append(1000 * (_cpu() - cpu0) / n)
+                    row["wall"].append(1000 * (time.perf_counter() - t0) / n)
+    finally:
+        store.drop_schema()
+        store.dispose()
+    return [{"call": name, "cpu_ms": statistics.median(m["cpu"]),
+             "wall_ms": statistics.median(m["wall"]), "cpu_ms_rounds": m["cpu"], "calls": n}
+            for name, m in measured.items()]
 
 
 def _django_store(url: str, table: str) -> ClaimStore | None:

@@ -73,7 +73,7 @@ from celery_claim.recovery import (
 from celery_claim.settings import ClaimSettings
 from celery_claim.signals import claim_store_error
 from celery_claim.states import OnFailure, Outcome, State
-from celery_claim.store import Acquired, ClaimRecord, ClaimStore
+from celery_claim.store import Acquired, ClaimRecord, ClaimStore, Lost
 
 __all__ = ["COMPLETE_ATTEMPTS", "ClaimedRun", "run_unclaimed"]
 
@@ -126,7 +126,7 @@ class ClaimedRun(Recovery):
         try:
             self.store.ensure_schema()
             upgrade.check_current(self.store)
-            won, record = self._acquire(key, task_id, digest)
+            won, lost = self._acquire(key, task_id, digest)
         except errors.ClaimStoreError as exc:
             claim_store_error.send(sender=self.task, key=key, task_id=task_id, token=None,
                                    operation="acquire", exc=exc)
@@ -137,7 +137,7 @@ class ClaimedRun(Recovery):
             logger.error("%s", exc)
             raise chained(self.fail_closed(key, exc), exc)  # noqa: B904
         if won is None:
-            return self._answer_duplicate(key, digest, record)
+            return self._answer_duplicate(key, lost)
         handle = TaskClaim(store=self.store, key=key, token=won.token, attempt=won.attempt,
                            task_id=task_id, lease_seconds=s.lease_seconds,
                            on_lost=lambda claim, where: reporting.lost(self.task, claim, where))
@@ -147,40 +147,36 @@ class ClaimedRun(Recovery):
     # --- acquire, then decide ----------------------------------------------------
 
     def _acquire(self, key: str, task_id: str,
-                 digest: str | None) -> tuple[Acquired | None, ClaimRecord | None]:
+                 digest: str | None) -> tuple[Acquired | None, Lost | None]:
+        # One statement on PostgreSQL: won, or the row it lost to with the
+        # SQL's verdict on it (sql._takes); Python never re-derives the rule.
         s = self.settings
-        record = None
+        lost = None
         owner = f"{getattr(self.request, 'hostname', None) or _HOST}/{os.getpid()}"
+        retry_failed = s.on_failure == OnFailure.RETRY
         for _ in range(3):
-            won = self.store.acquire(
+            answer = self.store.claim(
                 key, task_name=self.task.name, task_id=task_id, owner=owner,
                 payload_digest=digest, lease_seconds=s.lease_seconds,
-                retry_failed=s.on_failure == OnFailure.RETRY, check_payload=s.check_payload)
-            if won is not None:
-                return won, None
-            record = self.store.note_duplicate(key)
-            if record is None:
-                continue  # purged between the two statements: try again
-            if self._mismatch(digest, record) or not self._takeable(record):
-                return None, record
+                retry_failed=retry_failed, check_payload=s.check_payload)
+            if isinstance(answer, Acquired):
+                return answer, None
+            if answer is None:  # SQLite, or a row newer than the statement's snapshot
+                answer = self.store.lost_to(key, task_id=task_id, payload_digest=digest,
+                                            retry_failed=retry_failed,
+                                            check_payload=s.check_payload)
+                if answer is None:
+                    continue  # purged between the two statements: try again
+            lost = answer
+            if lost.mismatch or not lost.takeable:
+                return None, lost
             # It changed between the two statements (released, lapsed): look again.
-        return None, record
+        return None, lost
 
-    def _takeable(self, record: ClaimRecord) -> bool:
-        # The acquire's rule, read back on the row it lost to (see sql.py).
-        return (record.is_expired or record.is_stale or record.state == State.RELEASED
-                or (record.state == State.FAILED and self.settings.on_failure == OnFailure.RETRY))
-
-    def _mismatch(self, digest: str | None, record: ClaimRecord) -> bool:
-        # The same task id with new arguments is a retry(args=...), not another job.
-        return (self.settings.check_payload and digest is not None
-                and record.payload_digest is not None and record.payload_digest != digest
-                and not record.is_expired and record.task_id != (self.request.id or ""))
-
-    def _answer_duplicate(self, key: str, digest: str | None,
-                          record: ClaimRecord | None) -> Any:
+    def _answer_duplicate(self, key: str, lost: Lost | None) -> Any:
         s = self.settings
-        if record is not None and self._mismatch(digest, record):
+        record = lost.record if lost is not None else None
+        if lost is not None and record is not None and lost.mismatch:
             self._duplicate(key, record, Outcome.MISMATCH)
             raise errors.ClaimPayloadMismatch(
                 key=key, task=self.task.name, task_id=self.request.id,

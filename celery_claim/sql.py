@@ -205,7 +205,37 @@ def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
     return sa.bindparam(f"p_{name}", type_=type_)
 
 
-def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
+def _is_null(value: Any) -> Any:
+    return sa.not_(has_value(value))
+
+
+def _takes(t: sa.Table, *, digest: Any, task_id: Any, now: Any) -> tuple[Any, Any]:
+    """The acquire's rule, defined once: (may this delivery take the row ``t``,
+    does it carry other arguments than the row's job).
+
+    ``digest`` and ``task_id`` are the delivery's. The first is the acquire's
+    ``WHERE``; :func:`_lost_to` returns both as the verdict on the row a
+    delivery lost to, so Python never re-derives them.
+    """
+    acquirable = sa.or_(
+        t.c.state == RELEASED,
+        sa.and_(t.c.state == FAILED, _p("retry_failed", sa.Boolean)),
+        sa.and_(t.c.state == RUNNING, t.c.lease_expires_at < now),
+    )
+    same_payload = sa.or_(
+        sa.not_(_p("check_payload", sa.Boolean)),
+        _is_null(t.c.payload_digest),
+        _is_null(digest),
+        t.c.payload_digest == digest,
+        # The same message again (a retry with new arguments): not another job.
+        t.c.task_id == task_id,
+    )
+    expired = sa.and_(has_value(t.c.expires_at), t.c.expires_at < now)
+    return sa.or_(expired, sa.and_(acquirable, same_payload)), \
+        sa.and_(sa.not_(expired), sa.not_(same_payload))
+
+
+def _insert(t: sa.Table, dialect: str) -> Any:
     insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(t).values(
         key=_p("key"), state=RUNNING, token=1, task_name=_p("task_name"), task_id=_p("task_id"),
@@ -220,20 +250,8 @@ def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
     #   worker B: INSERT .. ON CONFLICT .. WHERE (acquirable) -> waits on A's row
     #             lock, re-evaluates WHERE against A's committed row -> no row back
     # The decision and the write are one statement; PostgreSQL serialises it.
-    acquirable = sa.or_(
-        t.c.state == RELEASED,
-        sa.and_(t.c.state == FAILED, _p("retry_failed", sa.Boolean)),
-        sa.and_(t.c.state == RUNNING, t.c.lease_expires_at < now),
-    )
-    same_payload = sa.or_(
-        sa.not_(_p("check_payload", sa.Boolean)),
-        t.c.payload_digest.is_(None),
-        x.payload_digest.is_(None),
-        t.c.payload_digest == x.payload_digest,
-        # The same message again (a retry with new arguments): not another job.
-        t.c.task_id == x.task_id,
-    )
-    acquire: sa.Executable = stmt.on_conflict_do_update(
+    takes, _ = _takes(t, digest=x.payload_digest, task_id=x.task_id, now=now)
+    return stmt.on_conflict_do_update(
         index_elements=[t.c.key],
         set_={
             "state": RUNNING, "token": t.c.token + 1, "task_name": x.task_name,
@@ -243,8 +261,12 @@ def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
             "lease_expires_at": x.lease_expires_at, "updated_at": now,
             "finished_at": sa.null(), "expires_at": sa.null(),
         },
-        where=sa.or_(t.c.expires_at < now, sa.and_(acquirable, same_payload)),
-    ).returning(t.c.token, t.c.attempt)
+        where=takes,
+    )
+
+
+def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
+    acquire: sa.Executable = _insert(t, dialect).returning(t.c.token, t.c.attempt)
     return acquire
 
 
@@ -252,11 +274,46 @@ def _record_columns(t: sa.Table) -> list[Any]:
     return [*t.c, has_value(t.c.result).label("has_result"), db_now().label("db_now")]
 
 
-def _note_duplicate(t: sa.Table, dialect: str) -> sa.Executable:
+def _note_duplicate(t: sa.Table, dialect: str, *verdict: Any) -> Any:
     return (
         sa.update(t).where(t.c.key == _p("key"))
         .values(duplicates=t.c.duplicates + 1)
-        .returning(*_record_columns(t))
+        .returning(*_record_columns(t), *verdict)
+    )
+
+
+def _lost_to(t: sa.Table, dialect: str, *, locked: bool = False) -> Any:
+    takes, mismatch = _takes(t, digest=_p("payload_digest", sa.String),
+                             task_id=_p("task_id", sa.String), now=db_now())
+    if locked:
+        # Beside the acquire that just refused the row: it evaluated ``takes``
+        # on this very version, locked it, at the same statement time.
+        takes = sa.false()
+    return _note_duplicate(t, dialect, takes.label("takeable"), mismatch.label("mismatch"))
+
+
+def _claim(t: sa.Table, dialect: str) -> sa.Executable:
+    """Acquire, or (on PostgreSQL) count the duplicate and read the row it lost
+    to, in one statement; on SQLite the acquire alone (:func:`_lost_to` follows).
+
+    The lost branch is an UPDATE, so it reads the row's newest version (the
+    one the conflict check saw, and locked) rather than the statement's
+    snapshot. A row inserted after that snapshot is invisible to it: then
+    the statement returns nothing and the caller runs ``lost_to``.
+    """
+    if dialect != "postgresql":
+        return _acquire(t, dialect)
+    won = _insert(t, dialect).returning(t.c.token, t.c.attempt).cte("won")
+    lost = _lost_to(t, dialect, locked=True).where(
+        ~sa.exists(sa.select(1).select_from(won))).cte("lost")
+    # The lost branch first: its columns name the result, and the won
+    # branch's NULLs take their types from it. Kept short: psycopg caches its
+    # parse of a statement's text only up to 4 kB; a longer one is parsed
+    # again on every call.
+    others = [c for c in lost.c if c.name not in ("token", "attempt")]
+    return sa.union_all(
+        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, *others),
+        sa.select(sa.true(), won.c.token, won.c.attempt, *[sa.null() for _ in others]),
     )
 
 
@@ -372,6 +429,11 @@ Builder = Callable[[sa.Table, str], sa.Executable]
 STATEMENTS: dict[str, tuple[str, Builder]] = {
     "acquire": ("claim a key in one statement: insert, or take over a released, failed "
                 "(when retried), lease-lapsed or expired row", _acquire),
+    "claim": ("acquire, or count the duplicate and read the row it lost to with the "
+              "acquire's verdict on it, in one statement (PostgreSQL; SQLite: the acquire)",
+              _claim),
+    "lost_to": ("count a duplicate delivery and read the row it lost to, with the "
+                "acquire's verdict on it (may it take the row; other arguments)", _lost_to),
     "note_duplicate": ("count a duplicate delivery and read the row it lost to",
                        _note_duplicate),
     "get": ("read one claim row with the database's current time", _get),

@@ -27,9 +27,11 @@ class DriverStatement:
 
     ``cursor.execute(statement.sql, statement.params(values))`` runs it on any
     DBAPI cursor of that driver (psycopg 3, psycopg2, and Django's cursors on
-    either). ``sql`` has ``%s`` placeholders (``%%`` is a literal ``%``), one
-    per name in ``order`` (a name may repeat); :meth:`params` puts the
-    values in that order. The constants SQLAlchemy would bind are rendered
+    either). ``sql`` has named ``%(name)s`` placeholders (``%%`` is a literal
+    ``%``), one name per value in ``order``; a name used twice in the
+    statement is still one parameter (psycopg sends it once, as one ``$n``),
+    so a statement that repeats a value costs no more to send. :meth:`params`
+    picks the values by name. The constants SQLAlchemy would bind are rendered
     into the SQL as literals. ``processors`` turn typed values into what the
     driver takes (a JSON result into the driver's JSON wrapper or text).
     """
@@ -56,8 +58,9 @@ class DriverStatement:
         def placeholder(match: re.Match[str]) -> str:
             bind_name = match.group(1)
             if bind_name in ours:
-                order.append(bind_name[2:])
-                return "%s"
+                if bind_name[2:] not in order:
+                    order.append(bind_name[2:])
+                return f"%({bind_name[2:]})s"
             type_ = binds[bind_name].type.dialect_impl(dialect)
             literal = type_.literal_processor(dialect)
             if literal is None:
@@ -73,12 +76,12 @@ class DriverStatement:
                 processors[bind_name[2:]] = process
         return cls(name, text, tuple(order), processors)
 
-    def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        """The driver's parameters, by position, from the statement's own names."""
+    def params(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The driver's parameters, by name, from the statement's own names."""
         processors = self.processors
         if processors:
             values = {k: processors[k](v) if k in processors else v for k, v in values.items()}
-        return tuple([values[name] for name in self.order])
+        return {name: values[name] for name in self.order}
 
 
 def driver_dialect(driver: str) -> sa.Dialect:

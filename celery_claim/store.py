@@ -22,7 +22,7 @@ from celery_claim.statements import Statements
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-__all__ = ["Acquired", "ClaimRecord", "ClaimStore"]
+__all__ = ["Acquired", "ClaimRecord", "ClaimStore", "Lost"]
 
 _UTC = datetime.timezone.utc
 
@@ -62,6 +62,8 @@ class ClaimRecord:
     def from_row(cls, row: Any) -> ClaimRecord:
         """From a SQLAlchemy ``Row`` or a driver's named tuple."""
         values = row._asdict()
+        for name in _NOT_RECORD:
+            values.pop(name, None)
         for name in ("lease_expires_at", "created_at", "updated_at", "finished_at",
                      "expires_at", "db_now"):
             values[name] = _aware(values[name])
@@ -126,6 +128,27 @@ class Acquired:
 
     token: int
     attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Lost:
+    """A delivery that did not win the claim: the row it lost to, and the
+    acquire's own verdict on it (:func:`celery_claim.sql._takes`), read in the
+    same statement that counted the duplicate."""
+
+    record: ClaimRecord
+    #: The row may be taken now (it changed since the acquire): try again.
+    takeable: bool
+    #: The row holds another job under this key (other arguments, another task id).
+    mismatch: bool
+
+    @classmethod
+    def from_row(cls, row: Any) -> Lost:
+        return cls(ClaimRecord.from_row(row), bool(row.takeable), bool(row.mismatch))
+
+
+#: Columns a statement may return beside a record's (the acquire's verdict).
+_NOT_RECORD = ("won", "takeable", "mismatch")
 
 
 class ClaimStore:
@@ -226,6 +249,36 @@ class ClaimStore:
             "retry_failed": retry_failed, "check_payload": check_payload,
         }).rows
         return Acquired(token=rows[0].token, attempt=rows[0].attempt) if rows else None
+
+    def claim(self, key: str, *, task_name: str, task_id: str, owner: str,
+              payload_digest: str | None, lease_seconds: float,
+              retry_failed: bool = True, check_payload: bool = True) -> Acquired | Lost | None:
+        """Claim ``key``, or count the duplicate and read the row it lost to, in
+        one statement (on PostgreSQL).
+
+        ``None``: lost, and the statement could not read the row (SQLite, or a
+        row committed after the statement's snapshot): :meth:`lost_to` reads it.
+        """
+        params = {
+            "key": key, "task_name": task_name, "task_id": task_id, "owner": owner[:255],
+            "payload_digest": payload_digest, "lease_seconds": lease_seconds,
+            "retry_failed": retry_failed, "check_payload": check_payload,
+        }
+        row = self._run("acquire", "claim", params).first()
+        if row is None:
+            return None
+        if getattr(row, "won", True):
+            return Acquired(token=row.token, attempt=row.attempt)
+        return Lost.from_row(row)
+
+    def lost_to(self, key: str, *, task_id: str, payload_digest: str | None,
+                retry_failed: bool = True, check_payload: bool = True) -> Lost | None:
+        """Count a duplicate delivery of ``key`` and read the row it lost to,
+        with the acquire's verdict on it. ``None``: there is no row (purged)."""
+        row = self._run("note_duplicate", "lost_to", {
+            "key": key, "task_id": task_id, "payload_digest": payload_digest,
+            "retry_failed": retry_failed, "check_payload": check_payload}).first()
+        return Lost.from_row(row) if row is not None else None
 
     def note_duplicate(self, key: str) -> ClaimRecord | None:
         """Count a duplicate delivery of ``key`` and read the row it lost to."""

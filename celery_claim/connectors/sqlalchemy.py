@@ -29,8 +29,8 @@ __all__ = ["SQLAlchemyConnector", "create_engine"]
 
 #: The claim life cycle: every task runs these, so on PostgreSQL they go
 #: straight to a driver connection per thread.
-HOT_STATEMENTS = frozenset(("acquire", "note_duplicate", "get", "complete",
-                            "complete_with_result", "release"))
+HOT_STATEMENTS = frozenset(("acquire", "claim", "lost_to", "note_duplicate", "get",
+                            "complete", "complete_with_result", "release"))
 
 try:  # the driver's own errors, raised by the per-thread driver connections
     from psycopg import Error as _PsycopgError

@@ -140,5 +140,6 @@ class AtomicOnDjangosConnection(TransactionTestCase):  # type: ignore[misc]
             job.delay(5).get()
         claims = [q["sql"] for q in queries.captured_queries if "celery_claims" in q["sql"]]
         assert len(claims) == 2, claims
-        assert claims[0].startswith("INSERT INTO celery_claims"), claims[0]
+        # The acquire: the insert, with the read of a lost row beside it.
+        assert claims[0].startswith("WITH won AS \n(INSERT INTO celery_claims"), claims[0]
         assert claims[1].startswith("UPDATE celery_claims"), claims[1]

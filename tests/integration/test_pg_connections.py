@@ -87,7 +87,7 @@ def test_hot_statements_are_prepared_once_per_session(pg_store: ClaimStore) -> N
     # Each hot statement once (as $n text), whatever the number of calls.
     assert len(prepared) == len(HOT)
     for name, text in texts.items():
-        head = text.split("%s")[0]
+        head = text.split("%(")[0]
         assert sum(1 for s in prepared if s.startswith(head)) >= 1, name
 
 

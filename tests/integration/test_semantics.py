@@ -18,10 +18,12 @@ from celery_claim import (
     ClaimLost,
     ClaimPayloadMismatch,
     ClaimResultUnavailable,
+    ClaimStore,
     ClaimStoreError,
     ClaimTask,
     signals,
 )
+from celery_claim.store import Acquired, Lost
 
 
 @pytest.fixture
@@ -573,3 +575,32 @@ def test_ignore_raised_by_the_body_releases(app: Celery) -> None:
     assert job.apply((1,)).state == "IGNORED"
     assert job.apply((1,)).get() == 1
     assert runs == [1, 2]
+
+
+def _claim(store: ClaimStore, key: str, task_id: str, digest: str | None) -> object:
+    return store.claim(key, task_name="t", task_id=task_id, owner="w", payload_digest=digest,
+                       lease_seconds=30, retry_failed=True, check_payload=True)
+
+
+def test_a_duplicate_reads_the_row_it_lost_to_in_the_acquire(store: ClaimStore) -> None:
+    won = _claim(store, "k", "t1", "d")
+    assert isinstance(won, Acquired)
+    held = _claim(store, "k", "t2", "d")
+    if store.connector.dialect == "sqlite":  # no data-modifying CTE: lost_to reads it
+        assert held is None
+        held = store.lost_to("k", task_id="t2", payload_digest="d")
+    assert isinstance(held, Lost)
+    assert (held.record.state, held.record.token, held.takeable, held.mismatch) == (
+        "running", 1, False, False)
+    assert held.record.lease_remaining > 25
+    assert store.complete("k", won.token, result={"n": 1}, has_result=True, ttl_seconds=60)
+    done = _claim(store, "k", "t3", "d") or store.lost_to("k", task_id="t3", payload_digest="d")
+    assert isinstance(done, Lost)
+    assert (done.record.state, done.record.result, done.takeable, done.mismatch) == (
+        "succeeded", {"n": 1}, False, False)
+    other = _claim(store, "k", "t4", "e") or store.lost_to("k", task_id="t4", payload_digest="e")
+    assert isinstance(other, Lost)
+    assert (other.mismatch, other.takeable) == (True, False)
+    # Each losing delivery counted once, in the statement that read the row.
+    assert store.get("k").duplicates == 3  # type: ignore[union-attr]
+    assert store.release("k", won.token, ttl_seconds=60) is False  # finished: not released
