@@ -26,7 +26,7 @@ def test_the_backend_runs_on_the_chosen_driver() -> None:
 def test_the_same_tests_pass_on_psycopg2(database_url: str) -> None:
     url = database_url.replace("+psycopg://", "+psycopg2://", 1)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
          "-k", "not test_the_same_tests_pass_on_psycopg2",
          *[str(HERE / name) for name in ON_EITHER_DRIVER]],
         env={**os.environ, "CELERY_CLAIM_TEST_DJANGO_DRIVER": "psycopg2",
