@@ -52,7 +52,9 @@ def test_soak_runs_once_with_kills_and_its_control_doubles(database_url: str,
 
 def test_the_pytest_celery_example_project_passes(database_url: str, redis_url: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "examples/proof", "-q", "-p", "no:cacheprovider"],
+        # One process: the example is a user's small project, with its own tables.
+        [sys.executable, "-m", "pytest", "examples/proof", "-q", "-p", "no:cacheprovider",
+         "-n", "0"],
         env=environment(database_url, redis_url), cwd=ROOT, capture_output=True, text=True,
         timeout=240, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

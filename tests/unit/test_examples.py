@@ -149,7 +149,7 @@ def test_metrics_worker_serves_claim_metrics(sqlite_url: str,
 
 def test_the_testing_example_passes() -> None:
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(EXAMPLES / "testing")], capture_output=True, text=True,
+                             "-n", "0", str(EXAMPLES / "testing")], capture_output=True, text=True,
                             cwd=ROOT, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed" in result.stdout
