@@ -305,14 +305,15 @@ def plain(self: Task, record_id: int, kind: str = "plain") -> dict[str, Any]:
 @signals.task_prerun.connect
 def delivered(sender: Any = None, **_: Any) -> None:
     """Count every delivery a worker ran, per task: the duplicates did arrive."""
-    if sender is not None and not sender.name.startswith("celery."):
+    if sender is not None and sender.app is app and not sender.name.startswith("celery."):
         markers().incr(f"{PREFIX}:deliveries:{sender.name.rsplit('.', 1)[-1]}")
 
 
 @claim_completed.connect
 def kill_after_complete(sender: Any = None, state: str = "", **_: Any) -> None:
     """SIGKILL this process once per listed record, right after its claim completed."""
-    if not KILL_AFTER_COMPLETE or sender is None or state != "succeeded":
+    if not KILL_AFTER_COMPLETE or sender is None or sender.app is not app \
+            or state != "succeeded":
         return
     args = sender.request.args or ()
     record_id = args[0] if args else (sender.request.kwargs or {}).get("record_id")

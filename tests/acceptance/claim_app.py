@@ -77,6 +77,9 @@ app.conf.update(
         # (kombu's default sweep runs every 100 s).
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        # The sweep's lock in Redis outlives a Redis crash in the append-only
+        # file; kombu's default (300 s) would hold every sweep off that long.
+        "unacked_mutex_expire": 5,
     },
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,
@@ -341,6 +344,8 @@ _HOST = socket.gethostname()
 @claim_lost.connect
 def lost(sender: Any = None, key: str = "", token: int = 0, where: str = "", **_: Any) -> None:
     """A holder learnt that its claim was taken over: which process, which token."""
+    if getattr(sender, "app", None) is not app:
+        return  # another test's task, in a process that imported this module
     markers().hset(f"{PREFIX}:lost", key, f"{os.getpid()}:{token}:{where}")
 
 
@@ -348,8 +353,8 @@ def lost(sender: Any = None, key: str = "", token: int = 0, where: str = "", **_
 def observe(sender: Any = None, task_id: str = "", task: Any = None, args: Any = (),
             kwargs: Any = None, retval: Any = None, state: str | None = None,
             **_: Any) -> None:
-    if task is None or task.name.startswith("celery."):
-        return
+    if task is None or task.app is not app or task.name.startswith("celery."):
+        return  # Celery's own tasks, or another test's app in this process
     try:
         encoded = json.dumps(retval)
     except (TypeError, ValueError):
