@@ -38,14 +38,16 @@ DEFAULT_DATABASE_URL = os.environ.get(
 DEFAULT_REDIS_URL = os.environ.get("CELERY_CLAIM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "floor", "handwritten", "claim",
-                   "claim_early", "claim_key", "claim_atomic", "once", "dedup")
+                   "claim_cursor", "claim_alone", "claim_early", "claim_key", "claim_atomic",
+                   "once", "dedup")
 #: With a body that takes time.
 BODY_VARIANTS = ("plain", "plain_late", "floor", "handwritten", "claim")
 #: The plain task with the same acking as each variant.
 SAME_ACKS = {"plain": "plain", "plain_late": "plain_late", "plain_write": "plain_late",
              "floor": "plain_late", "handwritten": "plain_late", "claim": "plain_late",
              "claim_early": "plain", "claim_key": "plain_late",
-             "claim_atomic": "plain_late", "once": "plain", "dedup": "plain_late"}
+             "claim_atomic": "plain_late", "claim_cursor": "plain_late",
+             "claim_alone": "plain_late", "once": "plain", "dedup": "plain_late"}
 ACKS = {v: ("early" if SAME_ACKS[v] == "plain" else "late") for v in SAME_ACKS}
 
 
@@ -189,6 +191,21 @@ def paths_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def coalesce_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["\n#### Store: 8 threads of one process, claim + complete on fresh keys "
+             "(median of the rounds; per round)\n",
+             "| body | path | claims/s | vs floor | client CPU ms per claim | "
+             "PostgreSQL CPU ms per claim | claims sent in batches | per round |",
+             "|---|---|---|---|---|---|---|---|"]
+    floors = {r["pause_ms"]: r["claims_per_s"] for r in rows if r["path"] == "floor"}
+    for r in rows:
+        lines.append(f"| {r['pause_ms']:g} ms | {r['path']} | {r['claims_per_s']:.0f} | "
+                     f"{r['claims_per_s'] / floors[r['pause_ms']]:.2f} | {r['cpu_ms']:.3f} | "
+                     f"{r['server_cpu_ms']:.3f} | {100 * r['batched_share']:.0f}% | "
+                     + ", ".join(f"{x:.0f}" for x in r["rates"]) + " |")
+    return "\n".join(lines)
+
+
 def calls_table(rows: list[dict[str, Any]]) -> str:
     lines = ["\n#### Store: client CPU per call, one client (median; per round)\n",
              "| call | client CPU ms | wall ms | per round |", "|---|---|---|---|"]
@@ -253,6 +270,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=Path("benchmark-results.json"))
     parser.add_argument("--profile", type=Path, default=None,
                         help="directory: also record py-spy profiles of a solo worker")
+    parser.add_argument("--profile-pool", default="solo",
+                        help="the pool of the profiled worker (threads: every thread)")
     args = parser.parse_args(argv)
 
     pools = args.pools.split(",")
@@ -297,8 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.profile.mkdir(parents=True, exist_ok=True)
         for variant in ("plain_late", "floor", "handwritten", "claim"):
             out = args.profile / f"{variant}.txt"
-            workers.run_case(workers.Case(variant, "solo", 0), 4 * args.messages, services,
-                             log=log, profile=out)
+            workers.run_case(workers.Case(variant, args.profile_pool, 0), 4 * args.messages,
+                             services, log=log, profile=out)
             log(f"profile: {out}")
     if "store" in args.suite:
         sizes = (0, 10_000) if args.quick else tuple(int(s) for s in args.sizes.split(","))
@@ -310,6 +329,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif "paths" in args.suite:  # the paths comparison alone (the store suite includes it)
         report["paths"] = store_bench.paths(args.database_url, 50 if args.quick else 5000)
         text.append(paths_table(report["paths"]))
+    if "coalesce" in args.suite:  # threads of one process: coalesced claims, alone, floor
+        report["coalesce"] = [row for pause in (0.0, 10.0) for row in store_bench.coalesced(
+            args.database_url, threads=8, claims=40 if args.quick else 400, pause_ms=pause,
+            rounds=1 if args.quick else 3)]
+        text.append(coalesce_table(report["coalesce"]))
     if "calls" in args.suite:  # client CPU per store call
         report["calls"] = store_bench.calls(args.database_url, 50 if args.quick else 2000)
         text.append(calls_table(report["calls"]))

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import random
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -322,7 +323,12 @@ def paths(url: str, ops: int, rounds: int = 3,
     store = ClaimStore(url, table=table)
     store.create_schema()
     django_store = _django_store(url, table)
-    stores = {"claim": store, **({"django": django_store} if django_store else {})}
+    cursor_store = ClaimStore(url, table=table, create_schema=False)
+    threads = getattr(cursor_store.connector, "_threads", None)
+    assert threads is not None
+    threads.use_libpq = False  # the same statements on psycopg's cursor
+    stores = {"claim": store, "claim_cursor": cursor_store,
+              **({"django": django_store} if django_store else {})}
     hand = _thread_connection(store)  # the same kind of autocommit psycopg connection
     hand_create, hand_claim, hand_done = handwritten_sql(f"{table}_hand")
     hand.execute(hand_create)
@@ -378,6 +384,7 @@ def paths(url: str, ops: int, rounds: int = 3,
         hand.execute(f"DROP TABLE IF EXISTS {table}_floor")
         if django_store is not None:
             django_store.connector.connection.close()  # type: ignore[attr-defined]
+        cursor_store.dispose()
         store.drop_schema()
         store.dispose()
     return [{"path": name, "pause_ms": pause_ms, "wall_ms": statistics.median(m["wall"]),
@@ -419,6 +426,104 @@ def calls(url: str, n: int = 2000, rounds: int = 3) -> list[dict[str, Any]]:
         store.dispose()
     return [{"call": name, "cpu_ms": statistics.median(m["cpu"]),
              "wall_ms": statistics.median(m["wall"]), "cpu_ms_rounds": m["cpu"], "calls": n}
+            for name, m in measured.items()]
+
+
+def coalesced(url: str, threads: int = 8, claims: int = 400, rounds: int = 3,
+              pause_ms: float = 0.0) -> list[dict[str, Any]]:
+    """``threads`` threads of one process, each claiming and completing
+    ``claims`` fresh keys (a ``pause_ms`` body between): through one store
+    with coalesced claims, through one without, and the floor with one
+    psycopg connection per thread. Rounds alternate the three; medians."""
+    import psycopg
+
+    table = f"bench_coalesce_{uuid.uuid4().hex[:8]}"
+    stores = {"coalesced": ClaimStore(url, table=table),
+              "alone": ClaimStore(url, table=table, coalesce=False)}
+    stores["coalesced"].create_schema()
+    floor_create, floor_claim, floor_done = floor_sql(f"{table}_floor")
+    plain = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(floor_create)
+    options: dict[str, Any] = {"task_name": "bench", "owner": "bench",
+                               "payload_digest": "d" * 64, "lease_seconds": 60}
+    local = threading.local()
+
+    def claim_through(store: ClaimStore) -> Callable[[str], None]:
+        def one(key: str) -> None:
+            won = store.claim(key, task_id=key, **options)
+            assert type(won).__name__ == "Acquired"
+            if pause_ms:
+                time.sleep(pause_ms / 1000)
+            assert store.complete(key, won.token, result=None, has_result=True,
+                                  ttl_seconds=3600)
+        return one
+
+    opened: list[Any] = []  # closed after each round's reading (their backends' CPU counts)
+
+    def floor(key: str) -> None:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = psycopg.connect(plain, autocommit=True)
+            opened.append(conn)
+        token = conn.execute(floor_claim, (key,)).fetchone()[0]
+        if pause_ms:
+            time.sleep(pause_ms / 1000)
+        conn.execute(floor_done, (key, token))
+
+    paths = {"floor": floor, **{name: claim_through(store) for name, store in stores.items()}}
+    measured: dict[str, dict[str, list[float]]] = {}
+    try:
+        for round_ in range(-1, rounds):
+            for name, run_one in paths.items():
+                n = min(claims, 50) if round_ < 0 else claims
+                batched0 = stores["coalesced"].coalesced.claim.batched_calls \
+                    if stores["coalesced"].coalesced else 0
+                barrier = threading.Barrier(threads + 1)
+
+                def worker(t: int, run_one: Callable[[str], None] = run_one,
+                           name: str = name, n: int = n, barrier: Any = barrier,
+                           round_: int = round_) -> None:
+                    barrier.wait()
+                    for i in range(n):
+                        run_one(f"{name}:{round_}:{t}:{i}")
+                    local.conn = None
+
+                pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+                for thread in pool:
+                    thread.start()
+                server0, cpu0 = server_cpu_reading(), _cpu()
+                barrier.wait()
+                t0 = time.perf_counter()
+                for thread in pool:
+                    thread.join()
+                wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+                server = server_cpu_since(server0)
+                for conn in opened:
+                    conn.close()
+                opened.clear()
+                if round_ >= 0:
+                    total = threads * n
+                    row = measured.setdefault(name, {"rate": [], "cpu": [], "server": [],
+                                                     "batched": []})
+                    row["rate"].append(total / wall)
+                    row["cpu"].append(1000 * cpu / total)
+                    row["server"].append(1000 * server / total)
+                    coalescer = stores["coalesced"].coalesced
+                    row["batched"].append(
+                        (coalescer.claim.batched_calls - batched0) / total
+                        if name == "coalesced" and coalescer else 0.0)
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}_floor")
+        stores["coalesced"].drop_schema()
+        for store in stores.values():
+            store.dispose()
+    return [{"path": name, "threads": threads, "pause_ms": pause_ms,
+             "claims_per_s": statistics.median(m["rate"]), "rates": m["rate"],
+             "cpu_ms": statistics.median(m["cpu"]), "server_cpu_ms": statistics.median(m["server"]),
+             "batched_share": statistics.median(m["batched"])}
             for name, m in measured.items()]
 
 

@@ -46,6 +46,7 @@ CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 POOLS: dict[str, tuple[str, int, int]] = {
     "prefork-2": ("prefork", 2, 1),
     "threads-4": ("threads", 4, 1),
+    "threads-8": ("threads", 8, 1),
     "solo": ("solo", 1, 1),
     "solo-x2": ("solo", 1, 2),
 }

@@ -45,6 +45,7 @@ class ClaimSettings:
     check_payload: bool = True
     ttl_seconds: float = 7 * 24 * 3600.0
     create_schema: bool = True
+    coalesce: bool = True
     enabled: bool = True
 
     @property
@@ -104,7 +105,8 @@ def _as_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 def validate(name: str, value: Any) -> Any:
     """Check one setting's value; returns it normalised."""
     field = name.removeprefix("claim_")
-    if field in ("heartbeat", "store_result", "check_payload", "create_schema", "enabled"):
+    if field in ("heartbeat", "store_result", "check_payload", "create_schema", "coalesce",
+                 "enabled"):
         return _as_bool(name, value)
     if field == "lease_seconds":
         return _as_seconds(name, value, minimum=1.0)

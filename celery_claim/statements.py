@@ -15,10 +15,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from celery_claim import errors
-from celery_claim.sql import STATEMENTS
+from celery_claim import errors, sql, sql_batch, sql_operations
 
-__all__ = ["DriverStatement", "Statement", "Statements", "driver_dialect"]
+__all__ = ["STATEMENTS", "DriverStatement", "Statement", "Statements", "driver_dialect"]
+
+#: Every named statement: (description, builder). The life cycle's, the
+#: coalesced forms of two of them, and the operators'.
+STATEMENTS = {**sql.STATEMENTS, **sql_batch.STATEMENTS, **sql_operations.STATEMENTS}
 
 
 @dataclasses.dataclass(frozen=True)

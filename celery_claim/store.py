@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery_claim import errors, results, sql
+from celery_claim.coalesce import CoalescedStatements
 from celery_claim.connectors.base import Connector, Result, Transaction
 from celery_claim.statements import Statements
 
@@ -160,7 +161,7 @@ class ClaimStore:
 
     def __init__(self, url: str | None = None, *, engine: sa.Engine | None = None,
                  table: str = sql.DEFAULT_TABLE, create_schema: bool = True,
-                 connector: Connector | None = None) -> None:
+                 connector: Connector | None = None, coalesce: bool = True) -> None:
         if connector is None:
             from celery_claim.connectors.sqlalchemy import SQLAlchemyConnector
 
@@ -175,6 +176,11 @@ class ClaimStore:
         self.create_schema_on_start = create_schema
         self.statements = Statements(self.table, connector.dialect)
         self._schema_ready = False
+        #: The claims and completions that this process's threads make at
+        #: once share one statement (see :mod:`celery_claim.coalesce`);
+        #: ``None`` where the connector cannot coalesce, or ``coalesce=False``.
+        self.coalesced = CoalescedStatements(self._run) \
+            if coalesce and connector.coalesces else None
 
     def __repr__(self) -> str:
         return f"<ClaimStore {self.table_name} at {self.connector.describe()}>"
@@ -264,7 +270,10 @@ class ClaimStore:
             "payload_digest": payload_digest, "lease_seconds": lease_seconds,
             "retry_failed": retry_failed, "check_payload": check_payload,
         }
-        row = self._run("acquire", "claim", params).first()
+        if self.coalesced is not None:
+            row = self.coalesced.claim(key, params, (retry_failed, check_payload))
+        else:
+            row = self._run("acquire", "claim", params).first()
         if row is None:
             return None
         if getattr(row, "won", True):
@@ -308,6 +317,8 @@ class ClaimStore:
             encoded = result if isinstance(result, results.Encoded) else results.encode_json(result)
             params.update(result=encoded.payload, result_content_type=encoded.content_type,
                           result_content_encoding=encoded.content_encoding)
+        if connection is None and self.coalesced is not None:
+            return bool(self.coalesced.complete(key, params))
         name = "complete_with_result" if has_result else "complete"
         transaction: Transaction | None = None
         if isinstance(connection, Transaction):

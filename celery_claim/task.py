@@ -90,13 +90,13 @@ def store_for(resolved: settings.ClaimSettings) -> ClaimStore:
     if resolved.django_database is not None:
         return django_store(resolved.django_database, resolved.table)
     ident = (resolved.database_url if resolved.engine is None else id(resolved.engine),
-             resolved.table)
+             resolved.table, resolved.coalesce)
     with _stores_lock:
         store = _stores.get(ident)
         if store is None:
             store = _stores[ident] = ClaimStore(
                 resolved.database_url, engine=resolved.engine, table=resolved.table,
-                create_schema=resolved.create_schema)
+                create_schema=resolved.create_schema, coalesce=resolved.coalesce)
         return store
 
 
@@ -158,6 +158,7 @@ class ClaimTask(celery.Task):  # type: ignore[misc]
     claim_check_payload: bool | None = None
     claim_ttl_seconds: float | None = None
     claim_create_schema: bool | None = None
+    claim_coalesce: bool | None = None
     claim_enabled: bool | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

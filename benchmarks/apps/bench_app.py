@@ -32,6 +32,10 @@ VARIANTS: dict[str, str] = {
     "claim_early": "ClaimTask with acks_late=False (like the plain task's default)",
     "claim_key": "ClaimTask with a business key 'order:{n}'",
     "claim_atomic": "ClaimTask inserting one row in self.claim.atomic()",
+    "claim_cursor": "ClaimTask with its claim statements on psycopg's cursor instead of "
+                    "psycopg.pq (the path before the libpq session)",
+    "claim_alone": "ClaimTask with claim_coalesce=False: one statement per call, whatever "
+                   "the pool",
     "handwritten": "plain task (acks_late) with a hand-written two-statement psycopg claim",
     "floor": "plain task (acks_late) with the smallest correct claim: three columns, two "
              "autocommit statements on one psycopg connection per process",
@@ -192,6 +196,19 @@ def make_app(conf: Mapping[str, str]) -> Celery:
 
     @app.task(shared=False, name="bench.claim", base=ClaimTask)
     def claim(n: int) -> int:
+        return body(n)
+
+    if variant == "claim_cursor":  # this worker's claims decline the libpq session
+        from celery_claim.connectors._libpq import LibpqSession
+
+        LibpqSession.execute = lambda *_: None  # type: ignore[method-assign]
+
+    @app.task(shared=False, name="bench.claim_cursor", base=ClaimTask)
+    def claim_cursor(n: int) -> int:
+        return body(n)
+
+    @app.task(shared=False, name="bench.claim_alone", base=ClaimTask, claim_coalesce=False)
+    def claim_alone(n: int) -> int:
         return body(n)
 
     @app.task(shared=False, name="bench.claim_early", base=ClaimTask, acks_late=False)

@@ -10,10 +10,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from celery_claim.connectors._libpq import LibpqSession
 from celery_claim.connectors.base import Result, cursor_result
 from celery_claim.statements import Statement
 
-__all__ = ["ThreadConnections"]
+__all__ = ["LibpqSession", "ThreadConnections"]
 
 
 class ThreadConnections:
@@ -23,11 +24,14 @@ class ThreadConnections:
     the engine's URL and arguments apply) and is then detached from the pool:
     it is the connector's own, kept by the thread that uses it, closed by
     :meth:`close_all`. A forked child never touches its parent's
-    connections; it opens its own. A statement costs one round trip through
-    psycopg's cursor, as a server-side prepared statement (unless the engine
-    turned them off with ``prepare_threshold=None``, as for PgBouncer in
-    transaction mode), and no SQLAlchemy work: no pool checkout, no
-    isolation-level switch, no compiled-cache lookup, no result object.
+    connections; it opens its own. A statement costs one round trip, as a
+    server-side prepared statement (unless the engine turned them off with
+    ``prepare_threshold=None``, as for PgBouncer in transaction mode), and no
+    SQLAlchemy work: no pool checkout, no isolation-level switch, no
+    compiled-cache lookup, no result object. It goes through
+    :class:`LibpqSession` (psycopg's documented ``psycopg.pq`` layer) when
+    its parameters are text, numbers, booleans, bytes or ``None``, and
+    through psycopg's cursor otherwise.
 
     A process keeps at most as many as the engine's pool size; threads beyond
     that (a green-thread pool) go through the engine's pool, which bounds them.
@@ -45,6 +49,9 @@ class ThreadConnections:
         self._lock = threading.Lock()
         self._opened: list[list[Any]] = []  # [pid, connection, thread]
         self._generation = 0
+        #: ``False``: every statement goes through psycopg's cursor (the
+        #: benchmarks compare both paths).
+        self.use_libpq = True
         size = getattr(engine.pool, "size", None)
         self.limit: int = size() if callable(size) else 8
         self.dialect = engine.dialect
@@ -55,10 +62,15 @@ class ThreadConnections:
         held = self._get()
         if held is None:
             return None
-        connection, cursor = held
+        connection, cursor, session = held
         compiled = statement.driver(self.dialect)
         try:
-            cursor.execute(compiled.sql, compiled.params(params), prepare=True)
+            values = compiled.params(params)
+            if self.use_libpq:
+                result = session.execute(statement, compiled, values)
+                if result is not None:
+                    return result
+            cursor.execute(compiled.sql, values, prepare=True)
             return cursor_result(statement, cursor)
         except self._psycopg.Error as exc:
             # A connection the server closed (restart, terminate), or a
@@ -86,9 +98,9 @@ class ThreadConnections:
             return True
         return False
 
-    def _get(self) -> tuple[Any, Any] | None:
+    def _get(self) -> tuple[Any, Any, LibpqSession] | None:
         local = self._local
-        held: tuple[Any, Any] | None = getattr(local, "held", None)
+        held: tuple[Any, Any, LibpqSession] | None = getattr(local, "held", None)
         if held is not None and local.pid == os.getpid() and local.generation == self._generation:
             return held
         slot = self._reserve()
@@ -106,11 +118,11 @@ class ThreadConnections:
             with self._lock:
                 self._opened = [e for e in self._opened if e is not slot]
             raise
+        held = (connection, cursor, LibpqSession(connection))
         with self._lock:
             slot[1] = connection
-            local.held, local.pid, local.generation = (connection, cursor), os.getpid(), \
-                self._generation
-        return connection, cursor
+            local.held, local.pid, local.generation = held, os.getpid(), self._generation
+        return held
 
     def _reserve(self) -> list[Any] | None:
         """A slot for one more connection, after closing those of threads that ended."""

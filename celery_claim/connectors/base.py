@@ -168,6 +168,9 @@ class Connector(abc.ABC):
     #: The driver's exception classes: what :meth:`translate` turns into
     #: :class:`~celery_claim.errors.ClaimStoreError`.
     errors: tuple[type[BaseException], ...] = (OSError,)
+    #: The store may send concurrent claims and completions of this
+    #: process's threads as one statement (``claim_many``, ``complete_many``).
+    coalesces: bool = False
 
     def __init__(self) -> None:
         self._pid = os.getpid()

@@ -29,8 +29,9 @@ __all__ = ["SQLAlchemyConnector", "create_engine"]
 
 #: The claim life cycle: every task runs these, so on PostgreSQL they go
 #: straight to a driver connection per thread.
-HOT_STATEMENTS = frozenset(("acquire", "claim", "lost_to", "note_duplicate", "get",
-                            "complete", "complete_with_result", "release"))
+HOT_STATEMENTS = frozenset(("acquire", "claim", "claim_many", "lost_to", "note_duplicate",
+                            "get", "complete", "complete_with_result", "complete_many",
+                            "release"))
 
 try:  # the driver's own errors, raised by the per-thread driver connections
     from psycopg import Error as _PsycopgError
@@ -63,6 +64,7 @@ class SQLAlchemyConnector(Connector):
             self._threads = ThreadConnections(
                 self._engine, lambda: self.engine,
                 session_setup=_pg_driver_session_setup if engine is None else None)
+            self.coalesces = True
         elif self.dialect == "sqlite":
             event.listen(self._engine, "checkout", self._install_clock)
 

@@ -20,4 +20,5 @@ claim_store_result = True
 claim_check_payload = True
 claim_ttl_seconds = 7 * 24 * 3600.0  # finished claims are kept this long
 claim_create_schema = True  # create the table at worker start if missing
+claim_coalesce = True  # threads and gevent: concurrent claims share one statement
 claim_enabled = True

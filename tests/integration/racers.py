@@ -9,11 +9,14 @@ Three races, each behind a barrier every round:
   the takeover.
 
 A racer reports the rounds it believes it won; the test checks those against
-the rows in the database.
+the rows in the database. :func:`race_threads` runs several racers as threads
+of one process, sharing one store, so that their claims are coalesced into
+one statement; those batches race the other processes' batches.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,6 +51,25 @@ def naive_acquire(conn: sa.Connection, table: sa.Table, key: str, racer: int) ->
     return int(token)
 
 
+def _round(store: ClaimStore, conn: sa.Connection | None, mode: str, key: str, round_: int,
+           racer: int, barrier: Any, wins: list[tuple[int, int]], coalesced: bool) -> None:
+    """One round of one racer: the naive guard on ``conn``, or the store's
+    acquire (``claim``, coalesced, in a process of threads)."""
+    barrier.wait()
+    if conn is not None:
+        token = naive_acquire(conn, store.table, key, racer)
+    else:
+        claim = store.claim if coalesced else store.acquire
+        won = claim(key, task_name="race", task_id=f"r{racer}", owner=f"racer-{racer}",
+                    payload_digest=None, lease_seconds=60)
+        token = won.token if type(won).__name__ == "Acquired" else None
+    barrier.wait()  # every racer has tried this round
+    if token is not None:
+        wins.append((round_, token))
+        if mode == "released":
+            store.release(key, token, ttl_seconds=60)
+
+
 def race(url: str, table_name: str, mode: str, naive: bool, rounds: int, keys: int,
          barrier: Any, results: Any, racer: int) -> None:
     store = ClaimStore(url, table=table_name, create_schema=False)
@@ -56,24 +78,53 @@ def race(url: str, table_name: str, mode: str, naive: bool, rounds: int, keys: i
     try:
         with engine.connect() as conn:
             for round_ in range(rounds):
-                key = key_of(mode, round_, keys)
-                barrier.wait()
-                if naive:
-                    token = naive_acquire(conn, store.table, key, racer)
-                else:
-                    won = store.acquire(key, task_name="race", task_id=f"r{racer}",
-                                        owner=f"racer-{racer}", payload_digest=None,
-                                        lease_seconds=60)
-                    token = won.token if won else None
-                barrier.wait()  # every racer has tried this round
-                if token is not None:
-                    wins.append((round_, token))
-                    if mode == "released":
-                        store.release(key, token, ttl_seconds=60)
+                _round(store, conn if naive else None, mode, key_of(mode, round_, keys),
+                       round_, racer, barrier, wins, coalesced=False)
         results.put((racer, wins, None))
     except BaseException as exc:  # report, never hang the parent
         results.put((racer, wins, repr(exc)))
         barrier.abort()
+    finally:
+        store.dispose()
+        engine.dispose()
+
+
+def race_threads(url: str, table_name: str, mode: str, naive: bool, rounds: int, keys: int,
+                 barrier: Any, results: Any, process: int, threads: int) -> None:
+    """``threads`` racers in this process, claiming through one store with
+    ``ClaimStore.claim`` (coalesced); each reports as racer ``process *
+    threads + n``, and the process reports how many calls were batched.
+    Every process's thread ``n`` races for the same keys."""
+    store = ClaimStore(url, table=table_name, create_schema=False)
+    assert store.coalesced is not None
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_size=threads)
+
+    def racer(n: int) -> None:
+        me = process * threads + n
+        wins: list[tuple[int, int]] = []
+        conn = engine.connect() if naive else None
+        try:
+            for step in range(rounds // threads):
+                # Each step, thread n of every process races for key n of the
+                # step: a process's threads claim distinct keys at once.
+                round_ = step * threads + n
+                _round(store, conn, mode, key_of(mode, round_, keys), round_, me, barrier,
+                       wins, coalesced=True)
+            results.put((me, wins, None))
+        except BaseException as exc:  # report, never hang the parent
+            results.put((me, wins, repr(exc)))
+            barrier.abort()
+        finally:
+            if conn is not None:
+                conn.close()
+
+    workers = [threading.Thread(target=racer, args=(n,)) for n in range(threads)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        results.put(("batched", store.coalesced.claim.batched_calls, None))
     finally:
         store.dispose()
         engine.dispose()

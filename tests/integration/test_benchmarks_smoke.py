@@ -45,7 +45,7 @@ def test_quick_benchmark_runs_and_reports(database_url: str, redis_url: str,
     assert report["store"]["sizes"][-1]["rows"] == 10_000
     assert report["store"]["purge"]["deleted"] == 5_000
     assert {row["path"] for row in report["store"]["paths"]} == {
-        "claim", "django", "handwritten", "floor"}
+        "claim", "claim_cursor", "django", "handwritten", "floor"}
     assert "Store: one claim (acquire + complete) by path" in printed
 
 
@@ -56,7 +56,8 @@ def test_the_paths_comparison_runs_alone(database_url: str, tmp_path: Path,
     assert "workers" not in report
     assert "store" not in report
     # The Django connector's path beside the SQLAlchemy one (the test extra has Django).
-    assert {row["path"] for row in report["paths"]} == {"claim", "django", "handwritten", "floor"}
+    assert {row["path"] for row in report["paths"]} == {
+        "claim", "claim_cursor", "django", "handwritten", "floor"}
     # Read from /proc (0 where PostgreSQL is not on this machine): a number for every path.
     assert all(isinstance(row["server_cpu_ms"], float) and math.isfinite(row["server_cpu_ms"])
                for row in report["paths"])

@@ -78,6 +78,60 @@ def test_the_life_cycle_answers_as_specified(pg_store: ClaimStore) -> None:
     assert _answers(_life_cycle(pg_store, "k")) == EXPECTED
 
 
+def _records(store: ClaimStore, prefix: str) -> list[tuple[object, ...]]:
+    """What the store answers over a life cycle, a result of every kind and a
+    duplicate that reads the whole row, without the clock's columns."""
+    out: list[tuple[object, ...]] = []
+    for n, result in enumerate([None, b"\x00\xffbytes", "é" * 300, {"k": [1, 2.5]}]):
+        key = f"{prefix}{n}"
+        won = store.claim(key, task_name="t", task_id="t1", owner="w", payload_digest="d",
+                          lease_seconds=LEASE)
+        assert won.__class__.__name__ == "Acquired"
+        store.complete(key, won.token, result=result, has_result=True, ttl_seconds=60)
+        lost = store.claim(key, task_name="t", task_id="t2", owner="w", payload_digest="e",
+                           lease_seconds=LEASE)
+        record = lost.record  # type: ignore[union-attr]
+        out.append((won.token, won.attempt, record.state, record.token, record.task_id,
+                     record.payload_digest, record.duplicates, record.has_result,
+                     record.result, lost.takeable, lost.mismatch,  # type: ignore[union-attr]
+                     type(record.created_at), record.created_at <= record.db_now))
+    return out
+
+
+def test_the_libpq_path_answers_what_psycopgs_cursor_answers(
+        pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery_claim.connectors._libpq import LibpqSession
+
+    sent: list[str] = []
+    run = LibpqSession.execute
+
+    def counted(self: LibpqSession, statement: Any, *args: Any) -> Any:
+        result = run(self, statement, *args)
+        sent.append(statement.name if result is not None else f"cursor:{statement.name}")
+        return result
+
+    monkeypatch.setattr(LibpqSession, "execute", counted)
+    through_libpq = _records(pg_store, "pq")
+    assert sent
+    assert not [name for name in sent if name.startswith("cursor:")], sent
+    monkeypatch.setattr(LibpqSession, "execute", lambda *_: None)
+    through_cursor = _records(pg_store, "cursor")
+    assert through_libpq == through_cursor
+    assert through_libpq[1][8] == b"\x00\xffbytes"
+
+
+def test_values_libpq_is_not_given_are_left_to_the_cursor(pg_store: ClaimStore) -> None:
+    # Arrays (the heartbeat's renewal): the session declines, the cursor adapts them.
+    from celery_claim.connectors._libpq import LibpqSession
+
+    won = _acquire(pg_store, "k")
+    statement = pg_store.statements.get("renew")
+    compiled = statement.driver(pg_store.engine.dialect)
+    values = compiled.params({"keys": ["k"], "tokens": [won.token], "lease_seconds": 60})
+    assert LibpqSession(_session(pg_store)).execute(statement, compiled, values) is None
+    assert pg_store.renew([("k", won.token), ("gone", 1)], lease_seconds=60) == {("k", won.token)}
+
+
 def test_hot_statements_are_prepared_once_per_session(pg_store: ClaimStore) -> None:
     _life_cycle(pg_store, "a")
     _life_cycle(pg_store, "b")

@@ -1,4 +1,5 @@
 """Many processes race for the same keys: exactly one winner per acquisition.
+Then the same with four threads per process, whose claims are coalesced.
 
 Three races, each run many times behind a barrier: for a released key, for a
 key nobody has seen (the INSERT) and for a key whose holder's lease lapsed
@@ -46,22 +47,34 @@ def seed(store: ClaimStore, mode: str) -> None:
                          .values(lease_expires_at=sa.func.now() - sa.text("interval '1 second'")))
 
 
-def run_race(url: str, store: ClaimStore, mode: str, naive: bool) -> Wins:
+def run_race(url: str, store: ClaimStore, mode: str, naive: bool,
+             threads: int = 0) -> Wins:
+    """``RACERS`` processes racing; with ``threads``, each process races that
+    many threads through one coalescing store (``RACERS * threads`` racers)."""
     seed(store, mode)
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(RACERS, timeout=60)
+    barrier = ctx.Barrier(RACERS * (threads or 1), timeout=60)
     results = ctx.Queue()
-    procs = [ctx.Process(target=racers.race, args=(url, store.table_name, mode, naive, ROUNDS,
-                                                   KEYS, barrier, results, n))
-             for n in range(RACERS)]
+    if threads:
+        procs = [ctx.Process(target=racers.race_threads, args=(
+            url, store.table_name, mode, naive, ROUNDS, KEYS, barrier, results, n, threads))
+            for n in range(RACERS)]
+    else:
+        procs = [ctx.Process(target=racers.race, args=(
+            url, store.table_name, mode, naive, ROUNDS, KEYS, barrier, results, n))
+            for n in range(RACERS)]
     for proc in procs:
         proc.start()
     wins: Wins = {}
+    batched = 0
     try:
-        for _ in procs:
+        for _ in range(RACERS * (threads or 1) + (RACERS if threads else 0)):
             racer, racer_wins, error = results.get(timeout=240)
             assert error is None, f"racer {racer} failed: {error}"
-            wins[racer] = racer_wins
+            if racer == "batched":
+                batched += racer_wins
+            else:
+                wins[racer] = racer_wins
     except queue_module.Empty:
         pytest.fail("racers did not finish")
     finally:
@@ -69,6 +82,9 @@ def run_race(url: str, store: ClaimStore, mode: str, naive: bool) -> Wins:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+    if threads and not naive:
+        print(f"{batched} of {ROUNDS * RACERS} claims were sent in batches")
+        assert batched > 0, "no claims were coalesced: the race did not test batches"
     return wins
 
 
@@ -93,10 +109,11 @@ def acquisitions_beyond_one(store: ClaimStore, mode: str) -> int:
     return sum(found[racers.key_of(mode, n, KEYS)].attempt - base - 1 for n in range(ROUNDS))
 
 
+@pytest.mark.parametrize("threads", [0, 4], ids=["processes", "coalesced"])
 @pytest.mark.parametrize("mode", racers.MODES)
 def test_exactly_one_winner_per_key_and_acquisition(database_url: str, pg_store: ClaimStore,
-                                                    mode: str) -> None:
-    wins = run_race(database_url, pg_store, mode, naive=False)
+                                                    mode: str, threads: int) -> None:
+    wins = run_race(database_url, pg_store, mode, naive=False, threads=threads)
     per_round = winners_per_round(wins)
     assert sorted(per_round) == list(range(ROUNDS)), "a round had no winner"
     assert set(per_round.values()) == {1}, "a round had more than one winner"
@@ -118,11 +135,12 @@ def test_exactly_one_winner_per_key_and_acquisition(database_url: str, pg_store:
             assert row.task_id == f"r{winner[int(key.rsplit('-', 1)[1])]}", (key, row)
 
 
+@pytest.mark.parametrize("threads", [0, 4], ids=["processes", "threads"])
 @pytest.mark.parametrize("mode", racers.MODES)
 def test_control_naive_check_then_act_has_double_winners(database_url: str,
                                                          pg_store: ClaimStore,
-                                                         mode: str) -> None:
-    wins = run_race(database_url, pg_store, mode, naive=True)
+                                                         mode: str, threads: int) -> None:
+    wins = run_race(database_url, pg_store, mode, naive=True, threads=threads)
     per_round = winners_per_round(wins)
     doubled = sum(1 for count in per_round.values() if count > 1)
     extra = acquisitions_beyond_one(pg_store, mode)
