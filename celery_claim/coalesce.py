@@ -19,6 +19,7 @@ the database refused gets the refusal, and the others their answers.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -60,11 +61,14 @@ class Coalescer:
         self._max_in_flight = in_flight
         self._in_flight = 0
         self._queue: list[_Call] = []
+        self._pid = os.getpid()
         #: Calls answered by batches of more than one, and those batches.
         self.batched_calls = 0
         self.batches = 0
 
     def __call__(self, key: str, params: dict[str, Any], group: Hashable = None) -> Any:
+        if self._pid != os.getpid():
+            self._after_fork()
         call = None
         with self._lock:
             if self._in_flight >= self._max_in_flight:
@@ -119,6 +123,14 @@ class Coalescer:
             return own.answer
         finally:
             self._next()
+
+    def _after_fork(self) -> None:
+        """A forked child starts empty: the parent's statements in flight, and
+        the threads waiting on them, are not in this process."""
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._queue = []
+        self._pid = os.getpid()
 
     def _next(self) -> None:
         """The statement ended: the first queued call leads the next batch."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -173,3 +174,36 @@ def test_with_room_for_two_statements_the_third_call_queues() -> None:
     assert sorted(db.singles[:2]) == ["first", "second"]
     # Each queued call ran once: together, or alone when a slot came free for one.
     assert sorted([k for batch in db.batches for k in batch] + db.singles[2:]) == ["a", "b"]
+
+
+def test_a_child_forked_mid_statement_starts_with_nothing_in_flight() -> None:
+    db = Database()
+    coalescer = Coalescer(db.one, db.many)
+    first = threading.Thread(target=coalescer, args=("first", {"key": "first"}))
+    first.start()
+    assert db.held.wait(5)  # the parent has a statement in flight
+    pid = os.fork()
+    if pid == 0:  # the child: its own call runs at once, alone
+        code = 0
+        try:
+            db.hold.set()
+            code = 0 if coalescer("child", {"key": "child"}) == "child!" else 1
+        except BaseException:
+            code = 2
+        finally:
+            os._exit(code)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child's call waited for the parent's statement")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        db.hold.set()
+        first.join(10)
