@@ -55,7 +55,8 @@ class _Prepared:
             hashlib.sha1(self.sql).hexdigest()[:12].encode()
 
 
-_PREPARED: dict[tuple[int, str], _Prepared] = {}
+#: Each driver statement as libpq takes it, by name and text (built once).
+_PREPARED: dict[tuple[str, str], _Prepared] = {}
 
 
 class LibpqSession:
@@ -92,7 +93,7 @@ class LibpqSession:
             elif value is True or value is False:
                 params.append(b"t" if value else b"f")
                 formats.append(0)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            elif isinstance(value, (int, float)):  # bools were taken just above
                 params.append(repr(value).encode())
                 formats.append(0)
             elif isinstance(value, (bytes, bytearray, memoryview)):
@@ -103,7 +104,7 @@ class LibpqSession:
                 formats.append(1)
             else:
                 return None
-        ident = (id(compiled), compiled.sql)
+        ident = (compiled.name, compiled.sql)
         prepared = _PREPARED.get(ident)
         if prepared is None:
             prepared = _PREPARED[ident] = _Prepared(compiled)
