@@ -7,13 +7,16 @@ it in CI (``CI=true``): nothing is silently skipped where it counts.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from celery import Celery
+from support.connection_budget import MARGIN, ConnectionBudget, server_limit
 
 from celery_claim import ClaimStore
 
@@ -160,3 +163,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(
                 f"{item.nodeid}: tests live in tests/{{{','.join([*TIERS, *GROUPS])}}}/")
         item.add_marker(getattr(pytest.mark, tier))
+
+
+#: What a test of the acceptance tier opens at once unless it says otherwise
+#: (``@pytest.mark.connections(n)``): two or three real workers, their pool
+#: processes and heartbeats, the result backend, the test's own engines.
+ACCEPTANCE_CONNECTIONS = 25
+_budget: list[ConnectionBudget | None] = []
+
+
+def connection_budget() -> ConnectionBudget | None:
+    """The run's shared budget, in a process of a pytest-xdist run (else None)."""
+    if not _budget:
+        run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+        budget = None
+        if run:
+            try:
+                limit = server_limit(DATABASE_URL) - MARGIN
+            except Exception:
+                limit = 0  # no server: the tests that need one say so themselves
+            if limit > 0:
+                path = Path(tempfile.gettempdir()) / f"celery-claim-connections-{run}.json"
+                budget = ConnectionBudget(path, limit)
+        _budget.append(budget)
+    return _budget[0]
+
+
+def declared_connections(item: pytest.Item) -> int:
+    marker = item.get_closest_marker("connections")
+    if marker is not None:
+        return int(marker.args[0])
+    return ACCEPTANCE_CONNECTIONS if item.get_closest_marker("acceptance") else 0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item,
+                            nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """A test that opens many connections holds its share of the server's for
+    its set-up, its run and its teardown (tests/support/connection_budget.py)."""
+    count = declared_connections(item)
+    budget = connection_budget() if count else None
+    if budget is None:
+        yield
+        return
+    with budget.hold(count):
+        yield

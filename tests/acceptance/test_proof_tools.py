@@ -28,9 +28,12 @@ def environment(database_url: str, redis_url: str) -> dict[str, str]:
 
 def test_soak_runs_once_with_kills_and_its_control_doubles(database_url: str,
                                                           redis_url: str) -> None:
+    # Two kills a second on average: the run lasts about 12 s and kills only
+    # workers that have run for 5 s, so at 30 a minute one run in twenty
+    # killed nothing at all.
     result = subprocess.run(
         [sys.executable, "-m", "celery_claim.soak", "--records", "300", "--copies", "3",
-         "--workers", "2", "--kill-rate", "30", "--lease", "2", "--visibility-timeout", "5",
+         "--workers", "2", "--kill-rate", "120", "--lease", "2", "--visibility-timeout", "5",
          "--json"],
         env=environment(database_url, redis_url), cwd=ROOT, capture_output=True, text=True,
         timeout=240, check=False)

@@ -89,7 +89,12 @@ def test_a_killed_worker_is_taken_over(rabbit: Scenario) -> None:
         if rabbit.claimed:
             assert pid not in {row.pid for row in effects}, "the killed holder's write is there"
             assert [row.token for row in effects] == [2]
-        assert rabbit.body_starts(job)[record] == 2
+            assert rabbit.body_starts(job)[record] == 2
+        else:
+            # The control keeps the dead holder's write and runs the record
+            # again: twice at least (its check-then-act may let in one more).
+            assert pid in {row.pid for row in effects}, "the naive control lost the write"
+            assert rabbit.body_starts(job)[record] >= 2
 
 
 @cases

@@ -11,7 +11,8 @@ from example_project import ExampleProject
 
 from celery_claim.testing import wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+# Two or three workers, a connection per pool thread or greenlet, each kept open.
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.connections(20)]
 
 CLAIMED, PLAIN = "shop.tasks.charge", "shop.tasks.charge_plain"
 ORDERS = range(1, 21)

@@ -109,6 +109,7 @@ def acquisitions_beyond_one(store: ClaimStore, mode: str) -> int:
     return sum(found[racers.key_of(mode, n, KEYS)].attempt - base - 1 for n in range(ROUNDS))
 
 
+@pytest.mark.connections(35)  # eight processes of four threads at most
 @pytest.mark.parametrize("threads", [0, 4], ids=["processes", "coalesced"])
 @pytest.mark.parametrize("mode", racers.MODES)
 def test_exactly_one_winner_per_key_and_acquisition(database_url: str, pg_store: ClaimStore,
@@ -135,6 +136,7 @@ def test_exactly_one_winner_per_key_and_acquisition(database_url: str, pg_store:
             assert row.task_id == f"r{winner[int(key.rsplit('-', 1)[1])]}", (key, row)
 
 
+@pytest.mark.connections(35)
 @pytest.mark.parametrize("threads", [0, 4], ids=["processes", "threads"])
 @pytest.mark.parametrize("mode", racers.MODES)
 def test_control_naive_check_then_act_has_double_winners(database_url: str,
