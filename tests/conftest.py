@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from celery import Celery
-from support.connection_budget import MARGIN, ConnectionBudget, server_limit
+from support.connection_budget import (
+    MARGIN,
+    PATIENCE_SECONDS,
+    ConnectionBudget,
+    server_limit,
+)
 
 from celery_claim import ClaimStore
 
@@ -169,23 +175,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 #: (``@pytest.mark.connections(n)``): two or three real workers, their pool
 #: processes and heartbeats, the result backend, the test's own engines.
 ACCEPTANCE_CONNECTIONS = 25
-_budget: list[ConnectionBudget | None] = []
+_budget: list[ConnectionBudget] = []
 
 
-def connection_budget() -> ConnectionBudget | None:
+def connection_budget(config: pytest.Config) -> ConnectionBudget | None:
     """The run's shared budget, in a process of a pytest-xdist run (else None)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return None
     if not _budget:
-        run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-        budget = None
-        if run:
-            try:
-                limit = server_limit(DATABASE_URL) - MARGIN
-            except Exception:
-                limit = 0  # no server: the tests that need one say so themselves
-            if limit > 0:
-                path = Path(tempfile.gettempdir()) / f"celery-claim-connections-{run}.json"
-                budget = ConnectionBudget(path, limit)
-        _budget.append(budget)
+        try:
+            limit = server_limit(DATABASE_URL)
+        except Exception:
+            limit = 97  # PostgreSQL's default, less its reserved slots
+        path = (Path(tempfile.gettempdir())
+                / f"celery-claim-connections-{workerinput['testrunuid']}.json")
+        _budget.append(ConnectionBudget(path, limit - MARGIN))
     return _budget[0]
 
 
@@ -202,9 +207,17 @@ def pytest_runtest_protocol(item: pytest.Item,
     """A test that opens many connections holds its share of the server's for
     its set-up, its run and its teardown (tests/support/connection_budget.py)."""
     count = declared_connections(item)
-    budget = connection_budget() if count else None
+    budget = connection_budget(item.config) if count else None
     if budget is None:
         yield
         return
-    with budget.hold(count):
+    with budget.hold(count) as waited:
+        if waited > PATIENCE_SECONDS:
+            warnings.warn(f"{item.nodeid} waited {waited:.0f} s for {count} PostgreSQL "
+                          "connections and runs beyond the budget", stacklevel=1)
         yield
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for budget in _budget:
+        budget.remove_if_unused()
