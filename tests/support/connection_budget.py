@@ -95,16 +95,9 @@ class ConnectionBudget:
 
     def remove_if_unused(self) -> None:
         """Remove the file when nobody holds or waits (the last process out)."""
-        with contextlib.suppress(OSError), self._open_locked() as file:
-            file.seek(0)
-            try:
-                state = json.loads(file.read() or "{}")
-                busy = any(_alive(int(pid)) for pid in [*state.get("held", {}),
-                                                        *state.get("waiting", [])])
-            except (ValueError, TypeError, AttributeError):
-                busy = False
-            if not busy:
-                os.unlink(self.path)
+        with contextlib.suppress(OSError), self._locked() as (held, waiting):
+            if not held and not waiting:
+                os.unlink(self.path)  # the others reopen by name: see _open_locked
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[tuple[dict[str, int], list[str]]]:
