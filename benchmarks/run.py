@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import schema as schema_bench
 from benchmarks import store as store_bench
 from benchmarks import workers
 from benchmarks.apps.bench_app import VARIANTS
@@ -206,6 +207,31 @@ def coalesce_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def schema_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["\n#### Store: where the claim's PostgreSQL cost goes, one client "
+             "(median of the rounds; PostgreSQL CPU per round)\n",
+             "| variant | what it is | PostgreSQL CPU ms per claim | vs floor | client CPU ms "
+             "per claim | WAL bytes per claim | HOT completions | per round |",
+             "|---|---|---|---|---|---|---|---|"]
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by[row["variant"]].append(row)
+
+    def median(name: str, field: str) -> float:
+        return statistics.median(r[field] for r in by[name])
+
+    floor = median("floor", "server_cpu_ms")
+    for name, (what, _) in schema_bench.VARIANTS.items():
+        if name not in by:
+            continue
+        server = median(name, "server_cpu_ms")
+        lines.append(f"| {name} | {what} | {server:.3f} | {server / floor:.2f} | "
+                     f"{median(name, 'client_cpu_ms'):.3f} | {median(name, 'wal_bytes'):.0f} | "
+                     f"{100 * median(name, 'hot_share'):.0f}% | "
+                     + ", ".join(f"{r['server_cpu_ms']:.3f}" for r in by[name]) + " |")
+    return "\n".join(lines)
+
+
 def calls_table(rows: list[dict[str, Any]]) -> str:
     lines = ["\n#### Store: client CPU per call, one client (median; per round)\n",
              "| call | client CPU ms | wall ms | per round |", "|---|---|---|---|"]
@@ -245,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="tiny sizes: checks that everything runs, measures nothing")
     parser.add_argument("--suite", default="workers,store",
                         help="workers, store or both; or paths: the store's paths comparison; "
-                        "calls: client CPU per store call")
+                        "calls: client CPU per store call; schema: where the claim's PostgreSQL "
+                        "CPU goes")
     parser.add_argument("--pools", default=",".join(workers.POOLS))
     parser.add_argument("--variants", default=",".join(SINGLE_VARIANTS))
     parser.add_argument("--duplicates", default=",".join(workers.DUPLICATE_VARIANTS),
@@ -334,6 +361,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.database_url, threads=8, claims=40 if args.quick else 400, pause_ms=pause,
             rounds=1 if args.quick else 3)]
         text.append(coalesce_table(report["coalesce"]))
+    if "schema" in args.suite:  # PostgreSQL's cost per claim, one thing taken away at a time
+        report["schema"] = schema_bench.costs(args.database_url, 50 if args.quick else 2000,
+                                              rounds=1 if args.quick else 5)
+        text.append(schema_table(report["schema"]))
     if "calls" in args.suite:  # client CPU per store call
         report["calls"] = store_bench.calls(args.database_url, 50 if args.quick else 2000)
         text.append(calls_table(report["calls"]))

@@ -188,8 +188,17 @@ def payload_digest(arguments: Mapping[str, Any]) -> str | None:
     skipped for that call rather than raising false mismatches.
     """
     try:
-        canonical = json.dumps(_canonical(arguments), sort_keys=True, separators=(",", ":"),
-                               ensure_ascii=False, allow_nan=False)
+        if all(type(v) in _PLAIN for v in arguments.values()) and \
+                all(type(k) is str for k in arguments):
+            canonical = _CANONICAL_JSON(arguments)  # already canonical: str keys, plain values
+        else:
+            canonical = _CANONICAL_JSON(_canonical(arguments))
     except (TypeError, ValueError):
         return None
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Values that are their own canonical form (floats are not: NaN is refused).
+_PLAIN = frozenset({str, int, bool, type(None)})
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                   allow_nan=False).encode

@@ -101,17 +101,32 @@ def _report_at_start(sender: Any = None, instance: Any = None, **_: Any) -> None
             _digest_warning(task)
 
 
+#: Pools whose processes run one task at a time (Celery's names and modules).
+_ONE_AT_A_TIME = ("prefork", "processes", "solo")
+
+
+def _one_task_at_a_time(worker: Any) -> bool:
+    """Does each process of this worker run one task at a time?"""
+    pool = getattr(worker, "pool_cls", None)  # a name, "module:Class", or the class
+    name = pool if isinstance(pool, str) else str(getattr(pool, "__module__", ""))
+    module = name.partition(":")[0]
+    return module.rpartition(".")[2].lower() in _ONE_AT_A_TIME
+
+
 @celery_signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _prepare_worker(sender: Any = None, **_: Any) -> None:
     """Validate every ClaimTask's settings and create the schema before consuming."""
     app = getattr(sender, "app", None)
     if app is None:
         return
+    alone = _one_task_at_a_time(sender)
     try:
         settings.app_config(app.conf)
         for task in claim_tasks(app):
             store = task._claim_runtime().store
             if store is not None:
+                if alone:
+                    store.one_task_at_a_time()
                 store.ensure_schema()
                 upgrade.check_current(store)
     except errors.ClaimConfigurationError as exc:

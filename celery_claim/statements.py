@@ -82,9 +82,11 @@ class DriverStatement:
     def params(self, values: dict[str, Any]) -> dict[str, Any]:
         """The driver's parameters, by name, from the statement's own names."""
         processors = self.processors
-        if processors:
-            values = {k: processors[k](v) if k in processors else v for k, v in values.items()}
-        return {name: values[name] for name in self.order}
+        if not processors:
+            return {name: values[name] for name in self.order}
+        get = processors.get
+        return {name: value if (process := get(name)) is None else process(value)
+                for name in self.order for value in (values[name],)}
 
 
 def driver_dialect(driver: str) -> sa.Dialect:

@@ -185,6 +185,12 @@ class ClaimStore:
     def __repr__(self) -> str:
         return f"<ClaimStore {self.table_name} at {self.connector.describe()}>"
 
+    def one_task_at_a_time(self) -> None:
+        """This process runs one task at a time (a prefork child, a solo
+        worker): nothing can share a statement, so each goes straight to the
+        connector, without the coalescing layer's locks."""
+        self.coalesced = None
+
     # --- connections -------------------------------------------------------
 
     @property

@@ -84,32 +84,50 @@ class LibpqSession:
         encoding = self._encoding
         for name in compiled.order:
             value = values[name]
-            if value is None:
-                params.append(None)
-                formats.append(0)
-            elif isinstance(value, str):
+            kind = type(value)
+            # The exact types by identity; subclasses and wrappers in _param.
+            if kind is str:
                 params.append(value.encode(encoding))
                 formats.append(0)
-            elif value is True or value is False:
+            elif value is None:
+                params.append(None)
+                formats.append(0)
+            elif kind is bool:
                 params.append(b"t" if value else b"f")
                 formats.append(0)
-            elif isinstance(value, (int, float)):  # bools were taken just above
+            elif kind is float or kind is int:
                 params.append(repr(value).encode())
                 formats.append(0)
-            elif isinstance(value, (bytes, bytearray, memoryview)):
-                params.append(bytes(value))
-                formats.append(1)
-            elif isinstance(value, self._binary):
-                params.append(bytes(value.obj))
+            elif kind is bytes:
+                params.append(value)
                 formats.append(1)
             else:
-                return None
+                param = self._param(value)
+                if param is None:
+                    return None
+                params.append(param[0])
+                formats.append(param[1])
         ident = (compiled.name, compiled.sql)
         prepared = _PREPARED.get(ident)
         if prepared is None:
             prepared = _PREPARED[ident] = _Prepared(compiled)
         result = self._run(prepared, params, formats)
         return self._rows(statement, result)
+
+    def _param(self, value: Any) -> tuple[bytes, int] | None:
+        """A value of a subclass (or a binary wrapper) as libpq takes it; ``None``
+        if it needs the cursor's dumpers."""
+        if isinstance(value, str):
+            return value.encode(self._encoding), 0
+        if value is True or value is False:
+            return (b"t" if value else b"f"), 0
+        if isinstance(value, (int, float)):  # bools were taken just above
+            return repr(value).encode(), 0
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value), 1
+        if isinstance(value, self._binary):
+            return bytes(value.obj), 1
+        return None
 
     # --- the round trip ----------------------------------------------------------
 
@@ -199,12 +217,11 @@ class LibpqSession:
                 self._loader(result.ftype(i)) for i in range(nfields)]
         get = result.get_value
         rows = []
+        columns = range(nfields)
         for r in range(result.ntuples):
-            row = []
-            for c, load in enumerate(loads):
-                data = get(r, c)
-                row.append(None if data is None else load(data))
-            rows.append(make(row))
+            values = [get(r, c) for c in columns]
+            rows.append(make([None if data is None else load(data)
+                              for data, load in zip(values, loads, strict=True)]))
         return Result(rows, rowcount)
 
     def _loader(self, oid: int) -> Callable[[Any], Any]:

@@ -300,3 +300,38 @@ def test_gevent_runs_other_claims_while_one_waits_on_a_lock(database_url: str,
     # The other greenlet's claims finished while the first acquire waited.
     assert report["order"] == ["others", "blocked"], out.stderr
     assert report["blocked"] == "None"  # then it lost to the holder, as it should
+
+
+def test_subclasses_of_the_plain_types_go_through_libpq_as_their_values(
+        pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A str enum as the key, an int subclass as the token: the session sends
+    # them as their plain values, as the cursor would.
+    import enum
+
+    from celery_claim.connectors._libpq import LibpqSession
+
+    class Key(str, enum.Enum):
+        ORDER = "order:7"
+
+    class Token(int):
+        pass
+
+    declined: list[str] = []
+    run = LibpqSession.execute
+
+    def counted(self: LibpqSession, statement: Any, *args: Any) -> Any:
+        result = run(self, statement, *args)
+        if result is None:
+            declined.append(statement.name)
+        return result
+
+    monkeypatch.setattr(LibpqSession, "execute", counted)
+    won = pg_store.claim(Key.ORDER, task_name="t", task_id="t1", owner="w",
+                         payload_digest=None, lease_seconds=LEASE)
+    assert won.__class__.__name__ == "Acquired"
+    assert pg_store.complete(Key.ORDER, Token(won.token), result=[1, "é"], has_result=True,
+                             ttl_seconds=60.0)
+    record = pg_store.get("order:7")
+    assert record is not None
+    assert (record.state, record.result) == ("succeeded", [1, "é"])
+    assert declined == []

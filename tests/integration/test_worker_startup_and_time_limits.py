@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -114,3 +115,25 @@ def test_a_hard_time_limit_is_taken_over_after_the_lease(limits_app: dict[str, s
         assert record.token == 2
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize(("pool", "coalesced"), [
+    ("solo", False), ("prefork", False), ("threads", True),
+])
+def test_only_pools_of_many_threads_coalesce(make_app: Callable[..., Any], database_url: str,
+                                             pool: str, coalesced: bool) -> None:
+    # worker_init, sent by Celery's own WorkController as a worker starts: a
+    # process that runs one task at a time sends each statement straight on.
+    from celery_claim import ClaimTask
+
+    app = make_app(database_url, claim_coalesce=True)
+
+    @app.task(base=ClaimTask, shared=False, name="startup.coalesce")
+    def job() -> None:
+        return None
+
+    store = job._claim_runtime().store
+    assert store.coalesced is not None
+    worker = app.WorkController(pool_cls=pool, concurrency=2, hostname=f"{pool}@test")
+    assert worker.pool_cls is not None
+    assert (store.coalesced is not None) is coalesced

@@ -95,6 +95,28 @@ def test_digest_is_canonical() -> None:
     assert a != payload_digest({"order_id": 2, "meta": {"b": 2, "a": {3, 1}}})
 
 
+@pytest.mark.parametrize("arguments", [
+    {"n": 5}, {"b": "é", "a": None, "c": True, "d": -3}, {}, {"x": 10**30},
+])
+def test_plain_arguments_digest_as_their_canonical_form(arguments: dict[str, object]) -> None:
+    # Plain values skip the canonical walk; the digest is the walk's all the same.
+    import hashlib
+
+    from celery_claim.keys import _CANONICAL_JSON, _canonical
+
+    walked = _CANONICAL_JSON(_canonical(arguments)).encode()
+    assert payload_digest(arguments) == hashlib.sha256(walked).hexdigest()
+
+
+def test_arguments_that_only_look_plain_take_the_canonical_walk() -> None:
+    class Level(int, enum.Enum):
+        HIGH = 3
+
+    assert payload_digest({"level": Level.HIGH}) == payload_digest({"level": 3})
+    assert payload_digest({"n": 1.5}) == payload_digest({"n": 1.5})
+    assert payload_digest({"n": float("nan")}) is None
+
+
 def test_digest_of_unstable_argument_is_none() -> None:
     assert payload_digest({"obj": object()}) is None
 
