@@ -62,3 +62,29 @@ def test_the_paths_comparison_runs_alone(database_url: str, tmp_path: Path,
     assert all(isinstance(row["server_cpu_ms"], float) and math.isfinite(row["server_cpu_ms"])
                for row in report["paths"])
     assert "PostgreSQL CPU ms per claim" in capsys.readouterr().out
+
+
+def test_the_schema_costs_run_and_leave_no_table(database_url: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlalchemy as sa
+
+    from benchmarks import schema
+
+    report = run.main(["--quick", "--suite", "schema", "--database-url", database_url,
+                       "--json", str(tmp_path / "schema.json")])
+    assert [row["variant"] for row in report["schema"]] == list(schema.VARIANTS)
+    by = {row["variant"]: row for row in report["schema"]}
+    # The floor's completion is a HOT update; the claims table's, with its indexes, never.
+    assert by["floor"]["hot_share"] > 0.5
+    assert by["claim"]["hot_share"] == 0
+    assert by["no_indexes"]["hot_share"] > 0.5
+    assert all(row["wal_bytes"] > 0 for row in report["schema"])
+    assert "where the claim's PostgreSQL cost goes" in capsys.readouterr().out
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            left = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'bench_schema_%'")).scalar()
+    finally:
+        engine.dispose()
+    assert left == 0
