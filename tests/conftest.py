@@ -39,6 +39,26 @@ def unavailable(what: str, exc: BaseException) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(autouse=True)
+def _celery_process_state_is_left_as_found() -> Iterator[None]:
+    """A test that leaves Celery's process-wide state changed fails itself.
+
+    Building a worker in process (a prefork pool, ``WorkController``) marks
+    ``result.get()`` as blocking for the whole process; left so, every later
+    eager test in the same test process fails with "Never call result.get()
+    within a task". The state is put back and the leaking test is named.
+    """
+    from celery import _state
+
+    blocks = _state.task_join_will_block()
+    yield
+    if _state.task_join_will_block() != blocks:
+        _state._set_task_join_will_block(blocks)
+        pytest.fail("the test left Celery's task_join_will_block changed; "
+                    "restore it (see worker_process_state in "
+                    "tests/integration/test_worker_startup_and_time_limits.py)")
+
+
 @pytest.fixture(scope="session")
 def database_url() -> str:
     """The PostgreSQL server the integration tests use."""

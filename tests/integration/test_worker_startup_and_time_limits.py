@@ -117,6 +117,22 @@ def test_a_hard_time_limit_is_taken_over_after_the_lease(limits_app: dict[str, s
         store.dispose()
 
 
+@pytest.fixture
+def worker_process_state() -> Iterator[None]:
+    # Building a WorkController sets Celery's process-wide state as a worker
+    # process would have it: a prefork pool marks ``result.get()`` as blocking
+    # for the whole process. Put back what the test process had, so the tests
+    # that run after this one in the same process see none of it.
+    from celery import _state
+
+    blocks = _state.task_join_will_block()
+    try:
+        yield
+    finally:
+        _state._set_task_join_will_block(blocks)
+
+
+@pytest.mark.usefixtures("worker_process_state")
 @pytest.mark.parametrize(("pool", "coalesced"), [
     ("solo", False), ("prefork", False), ("threads", True),
 ])
