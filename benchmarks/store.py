@@ -306,7 +306,7 @@ def _cpu() -> float:
 
 def _thread_connection(store: ClaimStore) -> Any:
     # The store's own claim connection of this thread (a psycopg connection).
-    threads = getattr(store.connector, "_threads", None)
+    threads = getattr(store.connector, "_driver", None)
     assert threads is not None, "the paths benchmark needs PostgreSQL"
     return threads._get()[0]
 
@@ -324,7 +324,7 @@ def paths(url: str, ops: int, rounds: int = 3,
     store.create_schema()
     django_store = _django_store(url, table)
     cursor_store = ClaimStore(url, table=table, create_schema=False)
-    threads = getattr(cursor_store.connector, "_threads", None)
+    threads = getattr(cursor_store.connector, "_driver", None)
     assert threads is not None
     threads.use_libpq = False  # the same statements on psycopg's cursor
     stores = {"claim": store, "claim_cursor": cursor_store,

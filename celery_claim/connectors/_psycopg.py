@@ -1,4 +1,4 @@
-"""One autocommit psycopg connection per thread, for the claim life cycle's statements."""
+"""One autocommit psycopg connection per process, for the claim life cycle's statements."""
 
 from __future__ import annotations
 
@@ -14,27 +14,44 @@ from celery_claim.connectors._libpq import LibpqSession
 from celery_claim.connectors.base import Result, cursor_result
 from celery_claim.statements import Statement
 
-__all__ = ["LibpqSession", "ThreadConnections"]
+__all__ = ["LOCK_TIMEOUT_MS", "LibpqSession", "ProcessConnection"]
+
+#: How long a statement on the process's connection waits for a row lock
+#: (another transaction's on the same claim) before it gives the connection
+#: back to the process's other threads and waits on a connection of its own.
+LOCK_TIMEOUT_MS = 50
 
 
-class ThreadConnections:
-    """Each thread's own autocommit driver connection and cursor.
+class ProcessConnection:
+    """The process's one autocommit driver connection for the hot statements.
 
-    Each connection comes from the engine (so its ``connect`` events run, and
+    Every thread of the process runs its claim statements on it, one at a
+    time, under a lock, as the floor (one psycopg connection per process)
+    does. With the threads and gevent pools that is cheaper than a
+    connection per thread, for the worker and for the server: eight
+    connections in use at once are eight PostgreSQL backends competing for
+    the machine's cores and the WAL, where one takes the statements in turn,
+    and the claims queued behind it share a statement
+    (:mod:`celery_claim.coalesce`). Measured in ``docs/performance.md``
+    (threads pool). Heartbeats and ``atomic()`` never wait for it: they run
+    on the engine's pool. Nor does a statement that must wait for a row
+    lock hold the others up: after :data:`LOCK_TIMEOUT_MS` it gives the
+    connection back and runs again on a driver connection of its own, opened
+    for it and closed after it, where it waits as long as it must (behind
+    PgBouncer in transaction mode the session is not ours to set, and such a
+    statement waits where it is).
+
+    The connection comes from the engine (so its ``connect`` events run, and
     the engine's URL and arguments apply) and is then detached from the pool:
-    it is the connector's own, kept by the thread that uses it, closed by
-    :meth:`close_all`. A forked child never touches its parent's
-    connections; it opens its own. A statement costs one round trip, as a
-    server-side prepared statement (unless the engine turned them off with
-    ``prepare_threshold=None``, as for PgBouncer in transaction mode), and no
-    SQLAlchemy work: no pool checkout, no isolation-level switch, no
-    compiled-cache lookup, no result object. It goes through
-    :class:`LibpqSession` (psycopg's documented ``psycopg.pq`` layer) when
-    its parameters are text, numbers, booleans, bytes or ``None``, and
-    through psycopg's cursor otherwise.
-
-    A process keeps at most as many as the engine's pool size; threads beyond
-    that (a green-thread pool) go through the engine's pool, which bounds them.
+    it is the connector's own, closed by :meth:`close_all`. A forked child
+    never touches its parent's connection, nor its lock; it opens its own. A
+    statement costs one round trip, as a server-side prepared statement
+    (unless the engine turned them off with ``prepare_threshold=None``, as
+    for PgBouncer in transaction mode), and no SQLAlchemy work: no pool
+    checkout, no isolation-level switch, no compiled-cache lookup, no result
+    object. It goes through :class:`LibpqSession` (psycopg's documented
+    ``psycopg.pq`` layer) when its parameters are text, numbers, booleans,
+    bytes or ``None``, and through psycopg's cursor otherwise.
     """
 
     def __init__(self, engine: sa.Engine, engine_for_process: Callable[[], sa.Engine],
@@ -45,23 +62,37 @@ class ThreadConnections:
         self._engine = engine
         self._session_setup = session_setup
         self._engine_for_process = engine_for_process  # drops an inherited pool after a fork
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._opened: list[list[Any]] = []  # [pid, connection, thread]
-        self._generation = 0
+        self._local = threading.local()  # each thread's last lost connection
+        # Reentrant: a signal handler that runs a statement in the thread
+        # that holds it (Ctrl-C during a claim) must not deadlock.
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._held: tuple[Any, Any, LibpqSession] | None = None
         #: ``False``: every statement goes through psycopg's cursor (the
         #: benchmarks compare both paths).
         self.use_libpq = True
-        size = getattr(engine.pool, "size", None)
-        self.limit: int = size() if callable(size) else 8
         self.dialect = engine.dialect
 
-    def execute(self, statement: Statement, params: dict[str, Any]) -> Result | None:
-        """Run ``statement`` on this thread's connection; ``None`` if the
-        thread has none (the process holds as many as it may)."""
-        held = self._get()
-        if held is None:
-            return None
+    def execute(self, statement: Statement, params: dict[str, Any]) -> Result:
+        """Run ``statement`` on the process's connection, after the statement
+        another thread may have on it. One that must wait for a row lock
+        gives the connection back and waits on a connection of its own."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            try:
+                return self._run(self._get(), statement, params, shared=True)
+            except self._psycopg.errors.LockNotAvailable:
+                pass  # LOCK_TIMEOUT_MS passed: an autocommit statement that did nothing
+        own = self._open(lock_timeout=False)
+        try:
+            return self._run(own, statement, params, shared=False)
+        finally:
+            with contextlib.suppress(Exception):
+                own[0].close()
+
+    def _run(self, held: tuple[Any, Any, LibpqSession], statement: Statement,
+             params: dict[str, Any], *, shared: bool) -> Result:
         connection, cursor, session = held
         compiled = statement.driver(self.dialect)
         try:
@@ -72,6 +103,8 @@ class ThreadConnections:
                     return result
             cursor.execute(compiled.sql, values, prepare=True)
             return cursor_result(statement, cursor)
+        except self._psycopg.errors.LockNotAvailable:
+            raise
         except self._psycopg.Error as exc:
             # A connection the server closed (restart, terminate), or a
             # session that lost its prepared statements (DEALLOCATE, a
@@ -79,7 +112,8 @@ class ThreadConnections:
             if (connection.closed or connection.broken
                     or isinstance(exc, self._psycopg.errors.InvalidSqlStatementName)
                     or self._engine.dialect.is_disconnect(exc, connection, None)):  # type: ignore[arg-type]
-                self._discard(connection)
+                if shared:
+                    self._discard(connection)
                 self._local.lost = exc
             raise
         except BaseException:
@@ -87,7 +121,8 @@ class ThreadConnections:
             # handler): the reply may still be on its way, so this connection
             # is never used again.
             with contextlib.suppress(Exception):
-                if connection.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+                if shared and connection.info.transaction_status \
+                        != self._psycopg.pq.TransactionStatus.IDLE:
                     self._discard(connection)
             raise
 
@@ -98,64 +133,52 @@ class ThreadConnections:
             return True
         return False
 
-    def _get(self) -> tuple[Any, Any, LibpqSession] | None:
-        local = self._local
-        held: tuple[Any, Any, LibpqSession] | None = getattr(local, "held", None)
-        if held is not None and local.pid == os.getpid() and local.generation == self._generation:
-            return held
-        slot = self._reserve()
-        if slot is None:
-            return None
+    def _get(self) -> tuple[Any, Any, LibpqSession]:
+        """The process's connection, opened if need be (under the lock)."""
+        held = self._held
+        if held is None:
+            self._held = held = self._open(lock_timeout=True)
+        return held
+
+    def _open(self, *, lock_timeout: bool) -> tuple[Any, Any, LibpqSession]:
+        """A new autocommit driver connection, detached from the engine's pool."""
+        fairy = self._engine_for_process().raw_connection()
+        fairy.detach()
+        connection: Any = fairy.dbapi_connection
         try:
-            fairy = self._engine_for_process().raw_connection()
-            fairy.detach()
-            connection: Any = fairy.dbapi_connection
             connection.autocommit = True
             cursor = connection.cursor()
+            if lock_timeout and connection.prepare_threshold is not None:
+                # Not behind a transaction pooler (PgBouncer's transaction mode
+                # takes prepare_threshold=None), so the session is ours to set.
+                cursor.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
             if self._session_setup is not None:
                 self._session_setup(cursor)
         except BaseException:
-            with self._lock:
-                self._opened = [e for e in self._opened if e is not slot]
+            with contextlib.suppress(Exception):
+                connection.close()
             raise
-        held = (connection, cursor, LibpqSession(connection))
-        with self._lock:
-            slot[1] = connection
-            local.held, local.pid, local.generation = held, os.getpid(), self._generation
-        return held
+        return connection, cursor, LibpqSession(connection)
 
-    def _reserve(self) -> list[Any] | None:
-        """A slot for one more connection, after closing those of threads that ended."""
-        pid = os.getpid()
-        with self._lock:
-            ended = [e for e in self._opened if e[0] == pid and not e[2].is_alive()]
-            self._opened = [e for e in self._opened if e not in ended]
-            slot = None
-            if sum(1 for e in self._opened if e[0] == pid) < self.limit:
-                slot = [pid, None, threading.current_thread()]
-                self._opened.append(slot)
-        for _, connection, _ in ended:
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    connection.close()
-        return slot
+    def _after_fork(self) -> None:
+        """A forked child starts with no connection and a free lock: the
+        parent's, and the statement a parent's thread had on it, are not its own."""
+        self._lock = threading.RLock()
+        self._held = None
+        self._local = threading.local()
+        self._pid = os.getpid()
 
     def _discard(self, connection: Any) -> None:
-        """Drop a broken connection; the thread opens a new one next time."""
-        held = getattr(self._local, "held", None)
+        """Drop a broken connection; the next statement opens a new one."""
+        held = self._held
         if held is not None and held[0] is connection:
-            self._local.held = None
-        with self._lock:
-            self._opened = [e for e in self._opened if e[1] is not connection]
+            self._held = None
         with contextlib.suppress(Exception):
             connection.close()
 
     def close_all(self) -> None:
-        """Close this process's connections (not an inherited parent's)."""
-        with self._lock:
-            opened, self._opened = self._opened, []
-            self._generation += 1
-        for pid, connection, _ in opened:
-            if pid == os.getpid() and connection is not None:
-                with contextlib.suppress(Exception):
-                    connection.close()
+        """Close this process's connection (never an inherited parent's)."""
+        held, self._held = self._held, None
+        if held is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                held[0].close()

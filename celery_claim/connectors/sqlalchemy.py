@@ -3,8 +3,9 @@
 Statements run through a SQLAlchemy engine: its pool, in autocommit, and in
 a transactional connection for ``atomic()`` (which the body gets as its
 handle). On PostgreSQL the claim life cycle's statements (acquire,
-duplicate, get, completions, release) skip SQLAlchemy and run on each
-thread's own psycopg connection (:mod:`celery_claim.connectors._psycopg`).
+duplicate, get, completions, release) skip SQLAlchemy and run on the
+process's own psycopg connection (:mod:`celery_claim.connectors._psycopg`),
+which its threads take in turn.
 
 Engines belong to a process: after a fork the child drops the pool it
 inherited (``dispose(close=False)``) and opens its own connections, so
@@ -28,12 +29,12 @@ from celery_claim.statements import Statement, Statements
 __all__ = ["SQLAlchemyConnector", "create_engine"]
 
 #: The claim life cycle: every task runs these, so on PostgreSQL they go
-#: straight to a driver connection per thread.
+#: straight to the process's driver connection.
 HOT_STATEMENTS = frozenset(("acquire", "claim", "claim_many", "lost_to", "note_duplicate",
                             "get", "complete", "complete_with_result", "complete_many",
                             "release"))
 
-try:  # the driver's own errors, raised by the per-thread driver connections
+try:  # the driver's own errors, raised by the process's driver connection
     from psycopg import Error as _PsycopgError
 
     _DRIVER_ERRORS: tuple[type[BaseException], ...] = (_PsycopgError,)
@@ -57,11 +58,11 @@ class SQLAlchemyConnector(Connector):
         #: SQLite only: the database clock, Unix seconds (tests move it).
         self.clock = clock
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._threads = None
+        self._driver = None
         if self.dialect == "postgresql" and self._engine.dialect.driver == "psycopg":
-            from celery_claim.connectors._psycopg import ThreadConnections
+            from celery_claim.connectors._psycopg import ProcessConnection
 
-            self._threads = ThreadConnections(
+            self._driver = ProcessConnection(
                 self._engine, lambda: self.engine,
                 session_setup=_pg_driver_session_setup if engine is None else None)
             self.coalesces = True
@@ -93,10 +94,8 @@ class SQLAlchemyConnector(Connector):
     # --- hooks -------------------------------------------------------------------
 
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Result:
-        if self._threads is not None and statement.name in HOT_STATEMENTS:
-            result = self._threads.execute(statement, params)
-            if result is not None:
-                return result
+        if self._driver is not None and statement.name in HOT_STATEMENTS:
+            return self._driver.execute(statement, params)
         with self._autocommit.connect() as conn:
             return _result(conn.execute(statement.executable, _bound(params)))
 
@@ -146,14 +145,14 @@ class SQLAlchemyConnector(Connector):
         # pool is now invalidated, so one fresh attempt is worth it.
         if isinstance(exc, sa.exc.DBAPIError):
             return bool(exc.connection_invalidated)
-        return self._threads is not None and self._threads.lost(exc)
+        return self._driver is not None and self._driver.lost(exc)
 
     def _after_fork(self) -> None:
-        self._engine.dispose(close=False)  # the per-thread connections check the pid
+        self._engine.dispose(close=False)  # the driver connection checks the pid
 
     def _close(self) -> None:
-        if self._threads is not None:
-            self._threads.close_all()
+        if self._driver is not None:
+            self._driver.close_all()
         if self._owns_engine:
             self._engine.dispose()
 
@@ -280,7 +279,7 @@ def _pg_session_setup(dbapi_connection: Any, record: Any) -> None:
 
 
 def _pg_driver_session_setup(cursor: Any) -> None:
-    # The per-thread claim connections run only the hot statements: the
+    # The process's claim connection runs only the hot statements: the
     # acquire (an INSERT, never a scan) and primary-key lookups. With
     # sequential scans off, a generic plan cannot be the empty-table trap
     # above, so these connections keep PostgreSQL's cached generic plans
