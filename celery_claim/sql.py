@@ -280,11 +280,17 @@ def _record_columns(t: sa.Table) -> list[Any]:
 
 
 def _note_duplicate(t: sa.Table, dialect: str, *verdict: Any) -> Any:
-    return (
-        sa.update(t).where(t.c.key == _p("key"))
-        .values(duplicates=t.c.duplicates + 1)
-        .returning(*_record_columns(t), *verdict)
-    )
+    columns = [*_record_columns(t), *verdict]
+    if dialect == "postgresql":
+        # Evaluated only for a row this count updated: a transaction that
+        # wrote nothing else commits without waiting for its WAL flush
+        # (docs/guarantees.md). Never inside a caller's transaction, which the
+        # setting would outlive the statement into (``own_transaction``).
+        quick = sa.func.set_config(sa.literal_column("'synchronous_commit'"),
+                                   sa.literal_column("'off'"), sa.true())
+        columns.append(sa.case((_p("own_transaction", sa.Boolean), quick)).label("quick_commit"))
+    return sa.update(t).where(t.c.key == _p("key")) \
+        .values(duplicates=t.c.duplicates + 1).returning(*columns)
 
 
 def _lost_to(t: sa.Table, dialect: str, *, locked: bool = False) -> Any:
@@ -343,13 +349,11 @@ def _complete(t: sa.Table, dialect: str, *, with_result: bool) -> sa.Executable:
 
 
 def _release(t: sa.Table, dialect: str) -> sa.Executable:
-    return (
-        sa.update(t)
-        .where(t.c.key == _p("key"), t.c.token == _p("token"), t.c.state == RUNNING)
-        .values(state=RELEASED, error=_p("error"), lease_expires_at=sa.null(),
-                updated_at=db_now(), expires_at=db_now_plus(_p("ttl_seconds", sa.Float)))
-        .returning(t.c.token)
-    )
+    return sa.update(t).where(
+        t.c.key == _p("key"), t.c.token == _p("token"), t.c.state == RUNNING,
+    ).values(state=RELEASED, error=_p("error"), lease_expires_at=sa.null(),
+             updated_at=db_now(), expires_at=db_now_plus(_p("ttl_seconds", sa.Float)),
+             ).returning(t.c.token)
 
 
 def _renew(t: sa.Table, dialect: str) -> sa.Executable:
@@ -366,12 +370,9 @@ def _renew(t: sa.Table, dialect: str) -> sa.Executable:
         held = sa.exists().where(
             keys.c.value == t.c.key,
             sa.func.json_extract(_p("tokens", sa.JSON), "$[" + keys.c.key + "]") == t.c.token)
-    return (
-        sa.update(t)
-        .where(t.c.state == RUNNING, held)
-        .values(lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)), updated_at=db_now())
-        .returning(t.c.key, t.c.token)
-    )
+    return sa.update(t).where(t.c.state == RUNNING, held).values(
+        lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)), updated_at=db_now(),
+    ).returning(t.c.key, t.c.token)
 
 
 Builder = Callable[[sa.Table, str], sa.Executable]

@@ -196,6 +196,14 @@ class Connector(abc.ABC):
                     raise
         raise AssertionError("unreachable")
 
+    def own_transaction(self) -> bool:
+        """Whether :meth:`execute` runs its statement as a transaction of its
+        own, as the contract above says. A connector that may run it inside a
+        caller's open transaction (Django's ``atomic()``) says so with
+        ``False``: then no statement changes a setting of that transaction
+        (see ``sql._quick_commit``)."""
+        return True
+
     def begin(self, **context: object) -> Transaction:
         """Open a transaction for ``atomic()``."""
         self._check_fork()

@@ -82,6 +82,14 @@ class DjangoConnector(Connector):
         """This thread's Django connection for the alias."""
         return connections[self.alias]
 
+    def own_transaction(self) -> bool:
+        # Django's autocommit, outside any atomic block (a claim called in a
+        # view under ATOMIC_REQUESTS, or in a TestCase, runs inside one). Read
+        # from the wrapper's state: no round trip, and before it has connected
+        # (autocommit is set on connecting) the answer is a safe False.
+        connection = self.connection
+        return bool(connection.autocommit) and not connection.in_atomic_block
+
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Result:
         return _run(self.connection, self.driver, statement, params)
 

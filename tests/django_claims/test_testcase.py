@@ -25,6 +25,12 @@ class ClaimedTasksInATestCase(EagerClaims, TestCase):  # type: ignore[misc]
         record = claim_store().get("charge:7")
         assert record is not None
         assert (record.state, record.duplicates) == ("succeeded", 1)
+        # The duplicate's count ran inside the test's transaction: it left that
+        # transaction's commit synchronous (outside one it would not wait).
+        assert not claim_store().connector.own_transaction()
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
 
     def test_nested_in_the_callers_atomic_block_it_is_a_savepoint(self) -> None:
         with transaction.atomic():

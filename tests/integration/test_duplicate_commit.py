@@ -1,0 +1,124 @@
+"""A transaction whose only write is a duplicate's count commits without
+waiting for its WAL flush; every other transaction keeps synchronous commit.
+
+Each statement runs here inside an explicit transaction, where the setting
+it leaves for the rest of that transaction can be read back with ``SHOW``
+(in the store it is the statement's own transaction, and the setting ends
+with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from celery_claim import ClaimStore
+from celery_claim.statements import driver_dialect
+from celery_claim.store import Acquired, Lost
+
+pytestmark = pytest.mark.postgres
+
+DIALECT = driver_dialect("psycopg")
+CLAIM = {"task_name": "t.charge", "task_id": "id-1", "owner": "w/1",
+         "payload_digest": "d" * 64, "lease_seconds": 30.0, "retry_failed": False,
+         "check_payload": True}
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    dsn = sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    with psycopg.connect(dsn) as connection:  # not autocommit: each test's own transaction
+        yield connection
+
+
+def _run(store: ClaimStore, conn: psycopg.Connection[Any], name: str,
+         **params: Any) -> tuple[list[Any], str]:
+    """Run statement ``name`` in a transaction: (its rows, synchronous_commit after it)."""
+    compiled = store.statements.driver(name, DIALECT)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(compiled.sql, compiled.params(params))  # type: ignore[arg-type]
+            rows = cursor.fetchall()
+            cursor.execute("SHOW synchronous_commit")
+            (setting,) = cursor.fetchone() or ("?",)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return rows, setting
+
+
+def _finish(pg_store: ClaimStore, key: str, token: int, state: str = "succeeded") -> None:
+    assert pg_store.complete(key, token, result=5, has_result=True, state=state,
+                             ttl_seconds=3600.0)
+
+
+@pytest.mark.parametrize("own_transaction", [True, False])
+def test_a_first_delivery_and_a_take_over_commit_synchronously(
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], own_transaction: bool) -> None:
+    (row,), setting = _run(pg_store, conn, "claim", key="k", own_transaction=own_transaction,
+                           **CLAIM)
+    assert (row[0], setting) == (True, "on")  # won a fresh key
+    assert pg_store.release("k", row[1], ttl_seconds=3600.0)
+    (row,), setting = _run(pg_store, conn, "claim", key="k", own_transaction=own_transaction,
+                           **CLAIM)
+    # Won again, by taking over the released row: the duplicate's branch,
+    # which reads that row too, did not run.
+    assert (row[0], row[1], setting) == (True, 2, "on")
+
+
+def test_a_duplicate_commits_without_waiting_and_is_counted_at_once(
+        pg_store: ClaimStore, conn: psycopg.Connection[Any]) -> None:
+    won = pg_store.acquire("k", **CLAIM)
+    assert won is not None
+    rows, setting = _run(pg_store, conn, "claim", key="k", own_transaction=True, **CLAIM)
+    assert (rows[0][0], setting) == (False, "off")  # lost to a running claim
+    _finish(pg_store, "k", won.token)
+    rows, setting = _run(pg_store, conn, "claim", key="k", own_transaction=True, **CLAIM)
+    assert (rows[0][0], setting) == (False, "off")  # a duplicate of a finished claim
+    record = pg_store.get("k")
+    assert record is not None
+    assert (record.state, record.duplicates, record.result) == ("succeeded", 2, 5)
+
+
+def test_inside_a_callers_transaction_a_duplicate_leaves_it_synchronous(
+        pg_store: ClaimStore, conn: psycopg.Connection[Any]) -> None:
+    won = pg_store.acquire("k", **CLAIM)
+    assert won is not None
+    _finish(pg_store, "k", won.token)
+    rows, setting = _run(pg_store, conn, "claim", key="k", own_transaction=False, **CLAIM)
+    assert (rows[0][0], setting) == (False, "on")
+    assert pg_store.get("k").duplicates == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("own_transaction", [True, False])
+def test_the_duplicates_second_statements_follow_the_same_rule(
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], own_transaction: bool) -> None:
+    won = pg_store.acquire("k", **CLAIM)
+    assert won is not None
+    _finish(pg_store, "k", won.token)
+    expected = "off" if own_transaction else "on"
+    _, setting = _run(pg_store, conn, "lost_to", key="k", task_id="id-2",
+                      payload_digest="d" * 64, retry_failed=False, check_payload=True,
+                      own_transaction=own_transaction)
+    assert setting == expected
+    _, setting = _run(pg_store, conn, "note_duplicate", key="k",
+                      own_transaction=own_transaction)
+    assert setting == expected
+    assert pg_store.get("k").duplicates == 2  # type: ignore[union-attr]
+
+
+def test_the_store_answers_a_duplicate_from_the_one_statement(pg_store: ClaimStore) -> None:
+    assert pg_store.connector.own_transaction()  # autocommit statements
+    won = pg_store.claim("k", **CLAIM)
+    assert isinstance(won, Acquired)
+    _finish(pg_store, "k", won.token)
+    lost = pg_store.claim("k", **CLAIM)
+    assert isinstance(lost, Lost)
+    assert (lost.record.state, lost.record.result) == ("succeeded", 5)
+    assert pg_store.get("k").duplicates == 1  # type: ignore[union-attr]
