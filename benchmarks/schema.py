@@ -89,6 +89,7 @@ def _claims(*, indexes: bool, statement: str) -> Callable[[Any, str], Claim]:
                 "key": key, "task_name": "bench.claim", "task_id": task_id,
                 "owner": "celery@bench/1234", "payload_digest": "a" * 64,
                 "lease_seconds": 30.0, "retry_failed": False, "check_payload": True,
+                "own_transaction": True,  # autocommit, as the store's connection
             }, prepare=True).fetchone()
             conn.execute(complete, {"key": key, "token": row[token_at], "state": "succeeded",
                                     "error": None, "ttl_seconds": 86400.0, **_RESULT},

@@ -51,6 +51,11 @@ Subclass :class:`Connector`:
       Close this process's connections (:meth:`Connector.dispose`).
   ``describe()``
       Where the claims live, for messages and ``repr`` (never a password).
+  ``own_transaction() -> bool``
+      True when every statement ``_execute`` runs commits on its own
+      (autocommit, on a connection no caller has a transaction open on):
+      then a duplicate's count commits without waiting for its WAL flush.
+      The default, False, keeps every commit synchronous.
 
 A whole working example, on plain psycopg cursors, is the ``CursorConnector``
 of ``tests/integration/test_connector_seam.py``.
@@ -197,12 +202,14 @@ class Connector(abc.ABC):
         raise AssertionError("unreachable")
 
     def own_transaction(self) -> bool:
-        """Whether :meth:`execute` runs its statement as a transaction of its
-        own, as the contract above says. A connector that may run it inside a
-        caller's open transaction (Django's ``atomic()``) says so with
-        ``False``: then no statement changes a setting of that transaction
-        (see ``sql._quick_commit``)."""
-        return True
+        """Whether every statement :meth:`execute` runs is a transaction of its
+        own. Then a duplicate's count may commit without waiting for its WAL
+        flush (``sql._note_duplicate``). False by default: a connector that
+        may run a statement inside a caller's open transaction must not let
+        it change that transaction's settings. One that knows only at the
+        statement may answer True and send ``own_transaction=False`` from
+        ``_execute`` where it is not (the Django connector does)."""
+        return False
 
     def begin(self, **context: object) -> Transaction:
         """Open a transaction for ``atomic()``."""

@@ -83,15 +83,20 @@ class DjangoConnector(Connector):
         return connections[self.alias]
 
     def own_transaction(self) -> bool:
-        # Django's autocommit, outside any atomic block (a claim called in a
-        # view under ATOMIC_REQUESTS, or in a TestCase, runs inside one). Read
-        # from the wrapper's state: no round trip, and before it has connected
-        # (autocommit is set on connecting) the answer is a safe False.
-        connection = self.connection
-        return bool(connection.autocommit) and not connection.in_atomic_block
+        return True  # decided at each statement, in _execute
 
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Result:
-        return _run(self.connection, self.driver, statement, params)
+        connection = self.connection
+        if params.get("own_transaction"):
+            # A transaction of its own only in Django's autocommit, outside
+            # any atomic block, with nothing the caller began on the driver's
+            # connection (a raw BEGIN); a claim called in a view under
+            # ATOMIC_REQUESTS, or in a TestCase, runs inside the caller's.
+            connection.ensure_connection()
+            if not (connection.get_autocommit() and not connection.in_atomic_block
+                    and int(connection.connection.info.transaction_status) == 0):  # idle
+                params = {**params, "own_transaction": False}
+        return _run(connection, self.driver, statement, params)
 
     def _begin(self) -> Transaction:
         return DjangoTransaction(self)

@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 DRIVER = os.environ.get("CELERY_CLAIM_TEST_DJANGO_DRIVER", "psycopg")
 #: The in-process tests that need nothing but Django's connection.
 ON_EITHER_DRIVER = ["test_atomic.py", "test_testcase.py", "test_admin.py", "test_commands.py",
+                    "test_duplicate_count_commit.py",
                     "test_recipe.py", "test_drivers.py"]
 
 

@@ -35,6 +35,9 @@ class CursorConnector(Connector):
         self.conninfo = conninfo
         self.local = threading.local()
 
+    def own_transaction(self) -> bool:
+        return True  # every statement in autocommit
+
     def _connection(self) -> psycopg.Connection[Any]:
         connection = getattr(self.local, "connection", None)
         if connection is None or connection.closed:

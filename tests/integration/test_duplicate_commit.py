@@ -36,6 +36,15 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield connection
 
 
+@pytest.fixture
+def synchronous(conn: psycopg.Connection[Any]) -> str:
+    """The server's own setting (``on`` by default): what a claim keeps."""
+    (setting,) = conn.execute("SHOW synchronous_commit").fetchone() or ("?",)
+    conn.rollback()
+    assert setting != "off"
+    return str(setting)
+
+
 def _run(store: ClaimStore, conn: psycopg.Connection[Any], name: str,
          **params: Any) -> tuple[list[Any], str]:
     """Run statement ``name`` in a transaction: (its rows, synchronous_commit after it)."""
@@ -58,18 +67,41 @@ def _finish(pg_store: ClaimStore, key: str, token: int, state: str = "succeeded"
                              ttl_seconds=3600.0)
 
 
+def _take_overable(pg_store: ClaimStore, conn: psycopg.Connection[Any], how: str) -> None:
+    """Leave row ``k`` in a state the next acquire takes over."""
+    won = pg_store.acquire("k", **CLAIM)
+    assert won is not None
+    table = pg_store.table.fullname
+    if how == "released":
+        assert pg_store.release("k", won.token, ttl_seconds=3600.0)
+    elif how == "failed":
+        _finish(pg_store, "k", won.token, state="failed")
+    elif how == "lease lapsed":
+        conn.execute(f"UPDATE {table} SET lease_expires_at = now() - interval '1 second'")  # type: ignore[call-overload]
+    else:  # expired
+        _finish(pg_store, "k", won.token)
+        conn.execute(f"UPDATE {table} SET expires_at = now() - interval '1 second'")  # type: ignore[call-overload]
+    conn.commit()
+
+
 @pytest.mark.parametrize("own_transaction", [True, False])
-def test_a_first_delivery_and_a_take_over_commit_synchronously(
-        pg_store: ClaimStore, conn: psycopg.Connection[Any], own_transaction: bool) -> None:
+def test_a_first_delivery_commits_synchronously(
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str,
+        own_transaction: bool) -> None:
     (row,), setting = _run(pg_store, conn, "claim", key="k", own_transaction=own_transaction,
                            **CLAIM)
-    assert (row[0], setting) == (True, "on")  # won a fresh key
-    assert pg_store.release("k", row[1], ttl_seconds=3600.0)
-    (row,), setting = _run(pg_store, conn, "claim", key="k", own_transaction=own_transaction,
-                           **CLAIM)
-    # Won again, by taking over the released row: the duplicate's branch,
+    assert (row[0], setting) == (True, synchronous)  # won a fresh key
+
+
+@pytest.mark.parametrize("how", ["released", "failed", "lease lapsed", "expired"])
+def test_a_take_over_commits_synchronously(
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str, how: str) -> None:
+    _take_overable(pg_store, conn, how)
+    (row,), setting = _run(pg_store, conn, "claim", key="k", own_transaction=True,
+                           **{**CLAIM, "retry_failed": True})
+    # Won again, by taking over the existing row: the duplicate's branch,
     # which reads that row too, did not run.
-    assert (row[0], row[1], setting) == (True, 2, "on")
+    assert (row[0], row[1], setting) == (True, 2, synchronous)
 
 
 def test_a_duplicate_commits_without_waiting_and_is_counted_at_once(
@@ -87,22 +119,23 @@ def test_a_duplicate_commits_without_waiting_and_is_counted_at_once(
 
 
 def test_inside_a_callers_transaction_a_duplicate_leaves_it_synchronous(
-        pg_store: ClaimStore, conn: psycopg.Connection[Any]) -> None:
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str) -> None:
     won = pg_store.acquire("k", **CLAIM)
     assert won is not None
     _finish(pg_store, "k", won.token)
     rows, setting = _run(pg_store, conn, "claim", key="k", own_transaction=False, **CLAIM)
-    assert (rows[0][0], setting) == (False, "on")
+    assert (rows[0][0], setting) == (False, synchronous)
     assert pg_store.get("k").duplicates == 1  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("own_transaction", [True, False])
 def test_the_duplicates_second_statements_follow_the_same_rule(
-        pg_store: ClaimStore, conn: psycopg.Connection[Any], own_transaction: bool) -> None:
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str,
+        own_transaction: bool) -> None:
     won = pg_store.acquire("k", **CLAIM)
     assert won is not None
     _finish(pg_store, "k", won.token)
-    expected = "off" if own_transaction else "on"
+    expected = "off" if own_transaction else synchronous
     _, setting = _run(pg_store, conn, "lost_to", key="k", task_id="id-2",
                       payload_digest="d" * 64, retry_failed=False, check_payload=True,
                       own_transaction=own_transaction)
@@ -122,3 +155,20 @@ def test_the_store_answers_a_duplicate_from_the_one_statement(pg_store: ClaimSto
     assert isinstance(lost, Lost)
     assert (lost.record.state, lost.record.result) == ("succeeded", 5)
     assert pg_store.get("k").duplicates == 1  # type: ignore[union-attr]
+
+
+def test_the_store_tells_the_statements_they_are_transactions_of_their_own(
+        pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: dict[str, Any] = {}
+    execute = pg_store.connector.execute
+
+    def spy(operation: str, statement: Any, params: dict[str, Any], **context: Any) -> Any:
+        sent[statement.name] = params.get("own_transaction")
+        return execute(operation, statement, params, **context)
+
+    monkeypatch.setattr(pg_store.connector, "execute", spy)
+    won = pg_store.claim("k", **CLAIM)
+    assert isinstance(won, Acquired)
+    pg_store.lost_to("k", task_id="id-2", payload_digest="d" * 64)
+    pg_store.note_duplicate("k")
+    assert sent == {"claim": True, "lost_to": True, "note_duplicate": True}

@@ -152,3 +152,21 @@ def test_the_acquire_and_the_duplicates_verdict_share_one_rule() -> None:
     assert " AS mismatch" in lost_to
     sqlite = statements.Statements(sql.claims, "sqlite")
     assert str(sqlite["claim"].compile(dialect=DIALECTS["sqlite"])).startswith("INSERT INTO")
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_only_a_duplicates_count_may_skip_its_flush(dialect: str) -> None:
+    # set_config(synchronous_commit) belongs to the duplicate's count alone:
+    # never to a statement that claims, completes, releases, renews or
+    # counts a batch (claim_many), in statements.STATEMENTS with the rest.
+    named = statements.Statements(sql.claims, dialect)
+    counts = {"claim", "lost_to", "note_duplicate"} if dialect == "postgresql" else set()
+    for name in statements.STATEMENTS:
+        text = str(named[name].compile(dialect=DIALECTS[dialect]))
+        assert ("set_config" in text) == (name in counts), name
+    if dialect == "postgresql":  # in the claim, in the lost branch's RETURNING
+        claim = str(named["claim"].compile(dialect=DIALECTS[dialect]))
+        won, lost = claim.split("lost AS", 1)
+        assert "set_config" not in won
+        assert re.search(r"RETURNING .*CASE WHEN %\(p_own_transaction\)s THEN set_config",
+                         lost, re.S)
