@@ -46,6 +46,12 @@ class DuplicateCommitOnDjangosConnection(TransactionTestCase):  # type: ignore[m
             cursor.execute("SHOW synchronous_commit")
             return str(cursor.fetchone()[0])
 
+    def synchronous(self) -> str:
+        """``on`` for the caller's transaction, whatever the server's default."""
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = on")
+        return self.setting()
+
     def test_in_autocommit_even_on_a_connection_not_yet_opened(self) -> None:
         connection.close()
         assert self.duplicate() is True  # decided after connecting
@@ -53,14 +59,14 @@ class DuplicateCommitOnDjangosConnection(TransactionTestCase):  # type: ignore[m
 
     def test_inside_atomic_it_is_the_callers_transaction(self) -> None:
         with transaction.atomic():
-            before = self.setting()
+            before = self.synchronous()
             assert self.duplicate() is False
             assert self.setting() == before
 
     def test_after_a_raw_begin_it_is_the_callers_transaction(self) -> None:
         with connection.cursor() as cursor:
             cursor.execute("BEGIN")
-            before = self.setting()
+            before = self.synchronous()
             try:
                 assert self.duplicate() is False
                 assert self.setting() == before
@@ -70,7 +76,9 @@ class DuplicateCommitOnDjangosConnection(TransactionTestCase):  # type: ignore[m
     def test_with_autocommit_off_it_is_the_callers_transaction(self) -> None:
         transaction.set_autocommit(False)
         try:
+            before = self.synchronous()
             assert self.duplicate() is False
+            assert self.setting() == before
         finally:
             transaction.rollback()
             transaction.set_autocommit(True)

@@ -17,6 +17,8 @@ class ClaimedTasksInATestCase(EagerClaims, TestCase):  # type: ignore[misc]
 
     def test_a_duplicate_returns_the_first_result_and_charges_once(self) -> None:
         assert connection.in_atomic_block  # the test's own transaction
+        with connection.cursor() as cursor:  # whatever the server's default
+            cursor.execute("SET LOCAL synchronous_commit = on")
         first = charge.delay(7, 100)
         second = charge.delay(7, 100)
         assert first.get() == {"charged": 7}
