@@ -128,6 +128,10 @@ def legacy(any_url: str, table_name: str) -> Iterator[ClaimStore]:
     store = ClaimStore(any_url, table=table_name, create_schema=False)
     yield store
     store.dispose()
+    engine = sa.create_engine(any_url)  # upgraded or not, the table goes
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table_name}"'))
+    engine.dispose()
 
 
 def test_upgrade_keeps_old_json_results_readable_and_is_idempotent(
