@@ -5,7 +5,7 @@ A call finds either no statement of its kind in flight, and runs its own
 at once, alone (a single-threaded process never waits and never batches),
 or one in flight. Then it queues, and when that statement ends the first of
 the queue runs everything queued by then as one multi-row statement
-(:mod:`celery_claim.sql_batch`), on the process's connection, and hands the
+(:mod:`celery_claim.sql_claim`), on the process's connection, and hands the
 answers out. Nothing waits for company: a batch is what queued while the
 database was busy anyway. (``in_flight`` allows more statements at once;
 two measured no better than one, within the spread.)

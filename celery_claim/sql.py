@@ -1,6 +1,8 @@
 """The claims table and every statement celery-claim runs against it.
 
-This is the only module that knows SQL dialects. Each statement has a name
+This module and its two companions (:mod:`celery_claim.sql_claim`, the claim
+with its duplicate path and the coalesced forms; :mod:`celery_claim.sql_operations`,
+the operators') are the only ones that know SQL dialects. Each statement has a name
 and a one-line description in :data:`STATEMENTS`; the store asks for them by
 name (:class:`~celery_claim.statements.Statements`). All times come from the
 database clock.
@@ -214,7 +216,7 @@ def _takes(t: sa.Table, *, digest: Any, task_id: Any, now: Any) -> tuple[Any, An
     does it carry other arguments than the row's job).
 
     ``digest`` and ``task_id`` are the delivery's. The first is the acquire's
-    ``WHERE``; :func:`_lost_to` returns both as the verdict on the row a
+    ``WHERE``; ``lost_to`` (:mod:`celery_claim.sql_claim`) returns both as the verdict on the row a
     delivery lost to, so Python never re-derives them.
     """
     acquirable = sa.or_(
@@ -279,55 +281,6 @@ def _record_columns(t: sa.Table) -> list[Any]:
     return [*t.c, has_value(t.c.result).label("has_result"), db_now().label("db_now")]
 
 
-def _note_duplicate(t: sa.Table, dialect: str, *verdict: Any) -> Any:
-    columns = [*_record_columns(t), *verdict]
-    if dialect == "postgresql":
-        # Evaluated only for a row this count updated: a transaction that
-        # wrote nothing else commits without waiting for its WAL flush
-        # (docs/guarantees.md). Never inside a caller's transaction, which the
-        # setting would outlive the statement into (``own_transaction``).
-        quick = sa.func.set_config(sa.literal_column("'synchronous_commit'"),
-                                   sa.literal_column("'off'"), sa.true())
-        columns.append(sa.case((_p("own_transaction", sa.Boolean), quick)).label("quick_commit"))
-    return sa.update(t).where(t.c.key == _p("key")) \
-        .values(duplicates=t.c.duplicates + 1).returning(*columns)
-
-
-def _lost_to(t: sa.Table, dialect: str, *, locked: bool = False) -> Any:
-    takes, mismatch = _takes(t, digest=_p("payload_digest", sa.String),
-                             task_id=_p("task_id", sa.String), now=db_now())
-    if locked:
-        # Beside the acquire that just refused the row: it evaluated ``takes``
-        # on this very version, locked it, at the same statement time.
-        takes = sa.false()
-    return _note_duplicate(t, dialect, takes.label("takeable"), mismatch.label("mismatch"))
-
-
-def _claim(t: sa.Table, dialect: str) -> sa.Executable:
-    """Acquire, or (on PostgreSQL) count the duplicate and read the row it lost
-    to, in one statement; on SQLite the acquire alone (:func:`_lost_to` follows).
-
-    The lost branch is an UPDATE, so it reads the row's newest version (the
-    one the conflict check saw, and locked) rather than the statement's
-    snapshot. A row inserted after that snapshot is invisible to it: then
-    the statement returns nothing and the caller runs ``lost_to``.
-    """
-    if dialect != "postgresql":
-        return _acquire(t, dialect)
-    won = _insert(t, dialect).returning(t.c.token, t.c.attempt).cte("won")
-    lost = _lost_to(t, dialect, locked=True).where(
-        ~sa.exists(sa.select(1).select_from(won))).cte("lost")
-    # The lost branch first: its columns name the result, and the won
-    # branch's NULLs take their types from it. Kept short: psycopg caches its
-    # parse of a statement's text only up to 4 kB; a longer one is parsed
-    # again on every call.
-    others = [c for c in lost.c if c.name not in ("token", "attempt")]
-    return sa.union_all(
-        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, *others),
-        sa.select(sa.true(), won.c.token, won.c.attempt, *[sa.null() for _ in others]),
-    )
-
-
 def _get(t: sa.Table, dialect: str) -> sa.Executable:
     return sa.select(*_record_columns(t)).where(t.c.key == _p("key"))
 
@@ -349,11 +302,13 @@ def _complete(t: sa.Table, dialect: str, *, with_result: bool) -> sa.Executable:
 
 
 def _release(t: sa.Table, dialect: str) -> sa.Executable:
-    return sa.update(t).where(
-        t.c.key == _p("key"), t.c.token == _p("token"), t.c.state == RUNNING,
-    ).values(state=RELEASED, error=_p("error"), lease_expires_at=sa.null(),
-             updated_at=db_now(), expires_at=db_now_plus(_p("ttl_seconds", sa.Float)),
-             ).returning(t.c.token)
+    return (
+        sa.update(t)
+        .where(t.c.key == _p("key"), t.c.token == _p("token"), t.c.state == RUNNING)
+        .values(state=RELEASED, error=_p("error"), lease_expires_at=sa.null(),
+                updated_at=db_now(), expires_at=db_now_plus(_p("ttl_seconds", sa.Float)))
+        .returning(t.c.token)
+    )
 
 
 def _renew(t: sa.Table, dialect: str) -> sa.Executable:
@@ -370,9 +325,12 @@ def _renew(t: sa.Table, dialect: str) -> sa.Executable:
         held = sa.exists().where(
             keys.c.value == t.c.key,
             sa.func.json_extract(_p("tokens", sa.JSON), "$[" + keys.c.key + "]") == t.c.token)
-    return sa.update(t).where(t.c.state == RUNNING, held).values(
-        lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)), updated_at=db_now(),
-    ).returning(t.c.key, t.c.token)
+    return (
+        sa.update(t)
+        .where(t.c.state == RUNNING, held)
+        .values(lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)), updated_at=db_now())
+        .returning(t.c.key, t.c.token)
+    )
 
 
 Builder = Callable[[sa.Table, str], sa.Executable]
@@ -381,13 +339,6 @@ Builder = Callable[[sa.Table, str], sa.Executable]
 STATEMENTS: dict[str, tuple[str, Builder]] = {
     "acquire": ("claim a key in one statement: insert, or take over a released, failed "
                 "(when retried), lease-lapsed or expired row", _acquire),
-    "claim": ("acquire, or count the duplicate and read the row it lost to with the "
-              "acquire's verdict on it, in one statement (PostgreSQL; SQLite: the acquire)",
-              _claim),
-    "lost_to": ("count a duplicate delivery and read the row it lost to, with the "
-                "acquire's verdict on it (may it take the row; other arguments)", _lost_to),
-    "note_duplicate": ("count a duplicate delivery and read the row it lost to",
-                       _note_duplicate),
     "get": ("read one claim row with the database's current time", _get),
     "complete_with_result": ("fenced completion that stores the task's result",
                              lambda t, d: _complete(t, d, with_result=True)),

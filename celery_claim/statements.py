@@ -15,13 +15,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from celery_claim import errors, sql, sql_batch, sql_operations
+from celery_claim import errors, sql, sql_claim, sql_operations
 
 __all__ = ["STATEMENTS", "DriverStatement", "Statement", "Statements", "driver_dialect"]
 
 #: Every named statement: (description, builder). The life cycle's, the
 #: coalesced forms of two of them, and the operators'.
-STATEMENTS = {**sql.STATEMENTS, **sql_batch.STATEMENTS, **sql_operations.STATEMENTS}
+STATEMENTS = {**sql.STATEMENTS, **sql_claim.STATEMENTS, **sql_operations.STATEMENTS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +106,17 @@ def driver_dialect(driver: str) -> sa.Dialect:
 class Statement:
     """One named statement: its SQLAlchemy form and its driver forms."""
 
-    __slots__ = ("_driver", "description", "executable", "make_row", "name")
+    __slots__ = ("_driver", "description", "executable", "make_row", "name", "own_transaction")
 
-    def __init__(self, name: str, description: str, executable: sa.Executable) -> None:
+    def __init__(self, name: str, description: str, executable: sa.Executable, *,
+                 own_transaction: bool = False) -> None:
         self.name = name
         self.description = description
         #: The SQLAlchemy construct (for a SQLAlchemy connection).
         self.executable = executable
+        #: Whether it takes ``own_transaction`` (a duplicate's statement): the
+        #: connector sets it at each run (``Connector._own_transaction``).
+        self.own_transaction = own_transaction
         self._driver: dict[tuple[str, str], DriverStatement] = {}
         #: Makes one row (a named tuple) from a cursor's tuple; set on first use
         #: by :func:`celery_claim.connectors.base.cursor_result`.
@@ -142,8 +146,10 @@ class Statements:
             )
         self.table = table
         self.dialect = dialect
-        self._named = {name: Statement(name, description, build(table, dialect))
-                       for name, (description, build) in STATEMENTS.items()}
+        self._named = {
+            name: Statement(name, description, build(table, dialect),
+                            own_transaction=name in sql_claim.OWN_TRANSACTION)
+            for name, (description, build) in STATEMENTS.items()}
 
     def __getitem__(self, name: str) -> sa.Executable:
         """Statement ``name``'s SQLAlchemy construct."""

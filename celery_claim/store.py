@@ -275,7 +275,6 @@ class ClaimStore:
             "key": key, "task_name": task_name, "task_id": task_id, "owner": owner[:255],
             "payload_digest": payload_digest, "lease_seconds": lease_seconds,
             "retry_failed": retry_failed, "check_payload": check_payload,
-            "own_transaction": self.connector.own_transaction(),
         }
         if self.coalesced is not None:
             row = self.coalesced.claim(key, params, (retry_failed, check_payload))
@@ -293,14 +292,12 @@ class ClaimStore:
         with the acquire's verdict on it. ``None``: there is no row (purged)."""
         row = self._run("note_duplicate", "lost_to", {
             "key": key, "task_id": task_id, "payload_digest": payload_digest,
-            "retry_failed": retry_failed, "check_payload": check_payload,
-            "own_transaction": self.connector.own_transaction()}).first()
+            "retry_failed": retry_failed, "check_payload": check_payload}).first()
         return Lost.from_row(row) if row is not None else None
 
     def note_duplicate(self, key: str) -> ClaimRecord | None:
         """Count a duplicate delivery of ``key`` and read the row it lost to."""
-        row = self._run("note_duplicate", "note_duplicate", {
-            "key": key, "own_transaction": self.connector.own_transaction()}).first()
+        row = self._run("note_duplicate", "note_duplicate", {"key": key}).first()
         return ClaimRecord.from_row(row) if row is not None else None
 
     def get(self, key: str) -> ClaimRecord | None:

@@ -51,11 +51,12 @@ Subclass :class:`Connector`:
       Close this process's connections (:meth:`Connector.dispose`).
   ``describe()``
       Where the claims live, for messages and ``repr`` (never a password).
-  ``own_transaction() -> bool``
-      True when every statement ``_execute`` runs commits on its own
-      (autocommit, on a connection no caller has a transaction open on):
-      then a duplicate's count commits without waiting for its WAL flush.
-      The default, False, keeps every commit synchronous.
+  ``_own_transaction() -> bool``
+      Asked just before ``_execute`` runs a duplicate's statement (each try):
+      True when that statement will commit on its own (autocommit, on a
+      connection no caller has a transaction open on); then a duplicate's
+      count commits without waiting for its WAL flush. The default, False,
+      keeps every commit synchronous.
 
 A whole working example, on plain psycopg cursors, is the ``CursorConnector``
 of ``tests/integration/test_connector_seam.py``.
@@ -193,6 +194,8 @@ class Connector(abc.ABC):
         self._check_fork()
         for attempt in (1, 2):
             try:
+                if statement.own_transaction:
+                    params = {**params, "own_transaction": self._own_transaction()}
                 return self._execute(statement, params)
             except self.errors as exc:
                 if attempt == 1 and self._reconnect(exc):
@@ -200,16 +203,6 @@ class Connector(abc.ABC):
                 with self.translate(operation, **context):
                     raise
         raise AssertionError("unreachable")
-
-    def own_transaction(self) -> bool:
-        """Whether every statement :meth:`execute` runs is a transaction of its
-        own. Then a duplicate's count may commit without waiting for its WAL
-        flush (``sql._note_duplicate``). False by default: a connector that
-        may run a statement inside a caller's open transaction must not let
-        it change that transaction's settings. One that knows only at the
-        statement may answer True and send ``own_transaction=False`` from
-        ``_execute`` where it is not (the Django connector does)."""
-        return False
 
     def begin(self, **context: object) -> Transaction:
         """Open a transaction for ``atomic()``."""
@@ -278,6 +271,14 @@ class Connector(abc.ABC):
     def _refused(self, exc: BaseException) -> bool:
         """True: the database refused the statement; False: it was unreachable."""
 
+    def _own_transaction(self) -> bool:
+        """Whether the duplicate's statement :meth:`_execute` is about to run
+        is a transaction of its own. Then its count may commit without
+        waiting for its WAL flush (``celery_claim.sql_claim``). False by
+        default: a statement inside a caller's open transaction must not
+        change that transaction's settings."""
+        return False
+
     def _reconnect(self, exc: BaseException) -> bool:
         """Drop a connection ``exc`` broke; True: run the statement again."""
         return False
@@ -308,6 +309,8 @@ class Transaction(abc.ABC):
     def execute(self, operation: str, statement: Statement, params: dict[str, Any],
                 **context: object) -> Result:
         """Run ``statement`` inside this transaction."""
+        if statement.own_transaction:
+            params = {**params, "own_transaction": False}  # the caller's transaction
         with self.connector.translate(operation, **context):
             return self._execute(statement, params)
 

@@ -91,10 +91,10 @@ class SQLAlchemyConnector(Connector):
         """A transaction already open on ``connection`` (its owner commits it)."""
         return _SQLAlchemyTransaction(self, connection, owned=False)
 
-    def own_transaction(self) -> bool:
-        return True  # the process connection and the engine's, both in autocommit
-
     # --- hooks -------------------------------------------------------------------
+
+    def _own_transaction(self) -> bool:
+        return True  # the process connection and the engine's, both in autocommit
 
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Result:
         if self._driver is not None and statement.name in HOT_STATEMENTS:

@@ -82,21 +82,18 @@ class DjangoConnector(Connector):
         """This thread's Django connection for the alias."""
         return connections[self.alias]
 
-    def own_transaction(self) -> bool:
-        return True  # decided at each statement, in _execute
-
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Result:
+        return _run(self.connection, self.driver, statement, params)
+
+    def _own_transaction(self) -> bool:
+        # Only in Django's autocommit, outside any atomic block, with nothing
+        # the caller began on the driver's connection (a raw BEGIN): a claim
+        # called in a view under ATOMIC_REQUESTS, or in a TestCase, runs
+        # inside the caller's transaction. Decided after connecting.
         connection = self.connection
-        if params.get("own_transaction"):
-            # A transaction of its own only in Django's autocommit, outside
-            # any atomic block, with nothing the caller began on the driver's
-            # connection (a raw BEGIN); a claim called in a view under
-            # ATOMIC_REQUESTS, or in a TestCase, runs inside the caller's.
-            connection.ensure_connection()
-            if not (connection.get_autocommit() and not connection.in_atomic_block
-                    and int(connection.connection.info.transaction_status) == 0):  # idle
-                params = {**params, "own_transaction": False}
-        return _run(connection, self.driver, statement, params)
+        connection.ensure_connection()
+        return bool(connection.get_autocommit() and not connection.in_atomic_block
+                    and int(connection.connection.info.transaction_status) == 0)  # idle
 
     def _begin(self) -> Transaction:
         return DjangoTransaction(self)

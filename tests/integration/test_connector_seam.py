@@ -35,7 +35,7 @@ class CursorConnector(Connector):
         self.conninfo = conninfo
         self.local = threading.local()
 
-    def own_transaction(self) -> bool:
+    def _own_transaction(self) -> bool:
         return True  # every statement in autocommit
 
     def _connection(self) -> psycopg.Connection[Any]:

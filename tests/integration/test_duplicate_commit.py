@@ -147,7 +147,7 @@ def test_the_duplicates_second_statements_follow_the_same_rule(
 
 
 def test_the_store_answers_a_duplicate_from_the_one_statement(pg_store: ClaimStore) -> None:
-    assert pg_store.connector.own_transaction()  # autocommit statements
+    assert pg_store.connector._own_transaction()  # autocommit statements
     won = pg_store.claim("k", **CLAIM)
     assert isinstance(won, Acquired)
     _finish(pg_store, "k", won.token)
@@ -157,18 +157,56 @@ def test_the_store_answers_a_duplicate_from_the_one_statement(pg_store: ClaimSto
     assert pg_store.get("k").duplicates == 1  # type: ignore[union-attr]
 
 
-def test_the_store_tells_the_statements_they_are_transactions_of_their_own(
-        pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def _spy(monkeypatch: pytest.MonkeyPatch, connector: Any) -> dict[str, Any]:
+    """What each statement the connector's hook runs was told, by name."""
     sent: dict[str, Any] = {}
-    execute = pg_store.connector.execute
+    execute = connector._execute
 
-    def spy(operation: str, statement: Any, params: dict[str, Any], **context: Any) -> Any:
-        sent[statement.name] = params.get("own_transaction")
-        return execute(operation, statement, params, **context)
+    def spy(statement: Any, params: dict[str, Any]) -> Any:
+        sent[statement.name] = params.get("own_transaction", "absent")
+        return execute(statement, params)
 
-    monkeypatch.setattr(pg_store.connector, "execute", spy)
+    monkeypatch.setattr(connector, "_execute", spy)
+    return sent
+
+
+def test_the_connector_tells_the_duplicates_statements_they_are_their_own(
+        pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _spy(monkeypatch, pg_store.connector)
     won = pg_store.claim("k", **CLAIM)
     assert isinstance(won, Acquired)
     pg_store.lost_to("k", task_id="id-2", payload_digest="d" * 64)
     pg_store.note_duplicate("k")
-    assert sent == {"claim": True, "lost_to": True, "note_duplicate": True}
+    _finish(pg_store, "k", won.token)
+    assert sent == {"claim": True, "lost_to": True, "note_duplicate": True,
+                    "complete_with_result": "absent"}
+
+
+def test_a_connector_that_cannot_tell_keeps_every_commit_synchronous(
+        pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery_claim.connectors import Connector
+
+    monkeypatch.setattr(pg_store.connector, "_own_transaction",
+                        lambda: Connector._own_transaction(pg_store.connector))
+    sent = _spy(monkeypatch, pg_store.connector)
+    assert isinstance(pg_store.claim("k", **CLAIM), Acquired)
+    pg_store.note_duplicate("k")
+    assert sent == {"claim": False, "note_duplicate": False}
+
+
+def test_inside_a_transaction_a_duplicates_statement_is_never_its_own(
+        pg_store: ClaimStore) -> None:
+    won = pg_store.claim("k", **CLAIM)
+    assert isinstance(won, Acquired)
+    _finish(pg_store, "k", won.token)
+    transaction = pg_store.connector.begin()
+    try:
+        handle = transaction.handle
+        before = handle.exec_driver_sql("SHOW synchronous_commit").scalar_one()
+        (row,) = transaction.execute("note_duplicate", pg_store.statements.get("note_duplicate"),
+                                     {"key": "k", "own_transaction": True}).rows
+        after = handle.exec_driver_sql("SHOW synchronous_commit").scalar_one()
+    finally:
+        transaction.rollback()
+    assert row.quick_commit is None  # the caller's transaction keeps its setting
+    assert after == before

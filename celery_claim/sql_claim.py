@@ -1,0 +1,172 @@
+"""The claim: the acquire with the duplicate's count beside it, for one
+delivery or many, and the coalesced completion.
+
+``claim`` is the statement every delivery runs (:func:`_claim`): it acquires,
+or counts the duplicate and reads the row it lost to, in one round trip.
+``lost_to`` and ``note_duplicate`` are its duplicate branch on its own.
+
+When several threads of one worker process claim (or complete) at the same
+moment, :mod:`celery_claim.coalesce` sends their calls as one of these
+statements, so they share one round trip and one commit, as group commit
+does. Each row follows exactly the rule of the one-row statement it stands
+for (:func:`celery_claim.sql._takes`, the fencing by token): the input is an
+array per parameter, unnested into one row per delivery.
+
+On SQLite ``claim`` is the acquire alone, and the coalesced names build the
+one-row statements (never coalesced there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from celery_claim import sql
+from celery_claim.sql import RUNNING, Builder, _p, db_now, db_now_plus
+
+# --- one delivery ------------------------------------------------------------
+
+
+def _count_duplicate(t: sa.Table, where: Any, *verdict: Any) -> Any:
+    """Count a duplicate on the rows ``where`` picks, returning each with ``verdict``.
+
+    An UPDATE, not a read: it sees the row's newest version (the one an
+    acquire's conflict check saw) rather than the statement's snapshot.
+    """
+    return sa.update(t).where(where).values(duplicates=t.c.duplicates + 1) \
+        .returning(*sql._record_columns(t), *verdict)
+
+
+def _note_duplicate(t: sa.Table, dialect: str, *verdict: Any) -> Any:
+    columns = list(verdict)
+    if dialect == "postgresql":
+        # Evaluated only for a row this count updated: a transaction that
+        # wrote nothing else commits without waiting for its WAL flush
+        # (docs/guarantees.md). Never inside a caller's transaction, which the
+        # setting would outlive the statement into (``own_transaction``).
+        quick = sa.func.set_config(sa.literal_column("'synchronous_commit'"),
+                                   sa.literal_column("'off'"), sa.true())
+        columns.append(sa.case((_p("own_transaction", sa.Boolean), quick)).label("quick_commit"))
+    return _count_duplicate(t, t.c.key == _p("key"), *columns)
+
+
+def _lost_to(t: sa.Table, dialect: str, *, locked: bool = False) -> Any:
+    takes, mismatch = sql._takes(t, digest=_p("payload_digest", sa.String),
+                                 task_id=_p("task_id", sa.String), now=db_now())
+    if locked:
+        # Beside the acquire that just refused the row: it evaluated ``takes``
+        # on this very version, locked it, at the same statement time.
+        takes = sa.false()
+    return _note_duplicate(t, dialect, takes.label("takeable"), mismatch.label("mismatch"))
+
+
+def _claim(t: sa.Table, dialect: str) -> sa.Executable:
+    """Acquire, or (on PostgreSQL) count the duplicate and read the row it lost
+    to, in one statement; on SQLite the acquire alone (:func:`_lost_to` follows).
+
+    The lost branch is an UPDATE, so it reads the row's newest version (the
+    one the conflict check saw, and locked) rather than the statement's
+    snapshot. A row inserted after that snapshot is invisible to it: then
+    the statement returns nothing and the caller runs ``lost_to``.
+    """
+    if dialect != "postgresql":
+        return sql.STATEMENTS["acquire"][1](t, dialect)
+    won = sql._insert(t, dialect).returning(t.c.token, t.c.attempt).cte("won")
+    lost = _lost_to(t, dialect, locked=True).where(
+        ~sa.exists(sa.select(1).select_from(won))).cte("lost")
+    # The lost branch first: its columns name the result, and the won
+    # branch's NULLs take their types from it. Kept short: psycopg caches its
+    # parse of a statement's text only up to 4 kB; a longer one is parsed
+    # again on every call.
+    others = [c for c in lost.c if c.name not in ("token", "attempt")]
+    return sa.union_all(
+        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, *others),
+        sa.select(sa.true(), won.c.token, won.c.attempt, *[sa.null() for _ in others]),
+    )
+
+
+# --- many deliveries ---------------------------------------------------------
+
+__all__ = ["OWN_TRANSACTION", "STATEMENTS"]
+
+
+def _unnest(*columns: tuple[str, str, Any]) -> Any:
+    """One row per element of the arrays: ``(column, parameter, element type)``."""
+    arrays = [_p(parameter, postgresql.ARRAY(type_)) for _, parameter, type_ in columns]
+    return sa.func.unnest(*arrays).table_valued(
+        *(name for name, _, _ in columns)).render_derived(name="delivery")
+
+
+def _claim_many(t: sa.Table, dialect: str) -> sa.Executable:
+    """``claim`` for many keys (distinct, sorted: rows are locked in key order,
+    so two processes' statements cannot deadlock on each other)."""
+    if dialect != "postgresql":
+        return _claim(t, dialect)
+    # Once, as a CTE: the INSERT and the duplicates' UPDATE both read it.
+    d = sa.select(_unnest(("key", "keys", sa.Text), ("task_name", "task_names", sa.Text),
+                          ("task_id", "task_ids", sa.Text), ("owner", "owners", sa.Text),
+                          ("payload_digest", "payload_digests", sa.Text),
+                          ("lease_seconds", "leases", sa.Float))).cte("d").c
+    rows = sa.select(
+        d.key, sa.literal(RUNNING, sa.String), sa.literal(1, sa.BigInteger), d.task_name,
+        d.task_id, sa.literal(1, sa.Integer), d.owner, d.payload_digest,
+        sa.literal(0, sa.Integer), db_now_plus(d.lease_seconds), db_now(), db_now(),
+    ).order_by(d.key)
+    insert = postgresql.insert(t).from_select(
+        ["key", "state", "token", "task_name", "task_id", "attempt", "owner", "payload_digest",
+         "duplicates", "lease_expires_at", "created_at", "updated_at"], rows)
+    won = sql._take_over(t, insert).returning(t.c.key, t.c.token, t.c.attempt).cte("won")
+    _, mismatch = sql._takes(t, digest=d.payload_digest, task_id=d.task_id, now=db_now())
+    # As in ``claim``: the rows the INSERT refused, beside it, at the same
+    # statement time; it locked them, so none is takeable now.
+    lost = _count_duplicate(t, sa.and_(t.c.key == d.key, t.c.key.not_in(sa.select(won.c.key))),
+                            sa.false().label("takeable"), mismatch.label("mismatch")).cte("lost")
+    others = [c for c in lost.c if c.name not in ("key", "token", "attempt")]
+    return sa.union_all(
+        sa.select(sa.false().label("won"), lost.c.key, lost.c.token, lost.c.attempt, *others),
+        sa.select(sa.true(), won.c.key, won.c.token, won.c.attempt, *[sa.null() for _ in others]),
+    )
+
+
+def _complete_many(t: sa.Table, dialect: str) -> sa.Executable:
+    """``complete`` and ``complete_with_result`` for many claims, each fenced
+    by its token; returns the keys completed."""
+    if dialect != "postgresql":
+        return sql.STATEMENTS["complete_with_result"][1](t, dialect)
+    d = _unnest(("key", "keys", sa.Text), ("token", "tokens", sa.BigInteger),
+                ("state", "states", sa.Text), ("error", "errors", sa.Text),
+                ("ttl_seconds", "ttls", sa.Float), ("result", "results", sa.LargeBinary),
+                ("result_content_type", "result_content_types", sa.Text),
+                ("result_content_encoding", "result_content_encodings", sa.Text)).c
+    return (
+        sa.update(t)
+        .where(t.c.key == d.key, t.c.token == d.token, t.c.state == RUNNING)
+        .values(state=d.state, error=d.error, result=d.result,
+                result_content_type=d.result_content_type,
+                result_content_encoding=d.result_content_encoding,
+                lease_expires_at=sa.null(), updated_at=db_now(), finished_at=db_now(),
+                expires_at=db_now_plus(d.ttl_seconds))
+        .returning(t.c.key, t.c.token)
+    )
+
+
+#: The statements that take ``own_transaction``: the connector answers it
+#: (:meth:`celery_claim.connectors.Connector._own_transaction`).
+OWN_TRANSACTION = frozenset({"claim", "lost_to", "note_duplicate"})
+
+#: The claim's statements by name: (description, builder).
+STATEMENTS: dict[str, tuple[str, Builder]] = {
+    "claim": ("acquire, or count the duplicate and read the row it lost to with the "
+              "acquire's verdict on it, in one statement (PostgreSQL; SQLite: the acquire)",
+              _claim),
+    "lost_to": ("count a duplicate delivery and read the row it lost to, with the "
+                "acquire's verdict on it (may it take the row; other arguments)", _lost_to),
+    "note_duplicate": ("count a duplicate delivery and read the row it lost to",
+                       _note_duplicate),
+    "claim_many": ("claim for many distinct keys in one statement: each row by claim's "
+                   "rule, rows locked in key order (PostgreSQL)", _claim_many),
+    "complete_many": ("fenced completion of many claims in one statement, with or without "
+                      "their results (PostgreSQL)", _complete_many),
+}
