@@ -66,13 +66,12 @@ def _claim(t: sa.Table, dialect: str) -> sa.Executable:
     """Acquire, or (on PostgreSQL) count the duplicate and read the row it lost
     to, in one statement; on SQLite the acquire alone (:func:`_lost_to` follows).
 
-    The lost branch is an UPDATE, so it reads the row's newest version (the
-    one the conflict check saw, and locked) rather than the statement's
-    snapshot. A row inserted after that snapshot is invisible to it: then
-    the statement returns nothing and the caller runs ``lost_to``.
+    The lost branch (:func:`_count_duplicate`) sees the row the conflict
+    check locked. A row inserted after the statement's snapshot is invisible
+    to it: then the statement returns nothing and the caller runs ``lost_to``.
     """
     if dialect != "postgresql":
-        return sql.STATEMENTS["acquire"][1](t, dialect)
+        return sql._acquire(t, dialect)
     won = sql._insert(t, dialect).returning(t.c.token, t.c.attempt).cte("won")
     lost = _lost_to(t, dialect, locked=True).where(
         ~sa.exists(sa.select(1).select_from(won))).cte("lost")
@@ -89,7 +88,7 @@ def _claim(t: sa.Table, dialect: str) -> sa.Executable:
 
 # --- many deliveries ---------------------------------------------------------
 
-__all__ = ["OWN_TRANSACTION", "STATEMENTS"]
+__all__ = ["STATEMENTS"]
 
 
 def _unnest(*columns: tuple[str, str, Any]) -> Any:
@@ -151,10 +150,6 @@ def _complete_many(t: sa.Table, dialect: str) -> sa.Executable:
         .returning(t.c.key, t.c.token)
     )
 
-
-#: The statements that take ``own_transaction``: the connector answers it
-#: (:meth:`celery_claim.connectors.Connector._own_transaction`).
-OWN_TRANSACTION = frozenset({"claim", "lost_to", "note_duplicate"})
 
 #: The claim's statements by name: (description, builder).
 STATEMENTS: dict[str, tuple[str, Builder]] = {

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql import visitors
 
 from celery_claim import errors, sql, sql_claim, sql_operations
 
@@ -108,15 +109,17 @@ class Statement:
 
     __slots__ = ("_driver", "description", "executable", "make_row", "name", "own_transaction")
 
-    def __init__(self, name: str, description: str, executable: sa.Executable, *,
-                 own_transaction: bool = False) -> None:
+    def __init__(self, name: str, description: str, executable: sa.Executable) -> None:
         self.name = name
         self.description = description
         #: The SQLAlchemy construct (for a SQLAlchemy connection).
         self.executable = executable
-        #: Whether it takes ``own_transaction`` (a duplicate's statement): the
-        #: connector sets it at each run (``Connector._own_transaction``).
-        self.own_transaction = own_transaction
+        #: Whether it takes ``own_transaction`` (a duplicate's statement on
+        #: PostgreSQL): the connector sets it at each run
+        #: (``Connector._own_transaction``).
+        self.own_transaction = any(
+            isinstance(element, sa.BindParameter) and element.key == "p_own_transaction"
+            for element in visitors.iterate(executable))  # type: ignore[arg-type]
         self._driver: dict[tuple[str, str], DriverStatement] = {}
         #: Makes one row (a named tuple) from a cursor's tuple; set on first use
         #: by :func:`celery_claim.connectors.base.cursor_result`.
@@ -146,10 +149,8 @@ class Statements:
             )
         self.table = table
         self.dialect = dialect
-        self._named = {
-            name: Statement(name, description, build(table, dialect),
-                            own_transaction=name in sql_claim.OWN_TRANSACTION)
-            for name, (description, build) in STATEMENTS.items()}
+        self._named = {name: Statement(name, description, build(table, dialect))
+                       for name, (description, build) in STATEMENTS.items()}
 
     def __getitem__(self, name: str) -> sa.Executable:
         """Statement ``name``'s SQLAlchemy construct."""

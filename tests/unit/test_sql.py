@@ -170,3 +170,11 @@ def test_only_a_duplicates_count_may_skip_its_flush(dialect: str) -> None:
         assert "set_config" not in won
         assert re.search(r"RETURNING .*CASE WHEN %\(p_own_transaction\)s THEN set_config",
                          lost, re.S)
+
+
+def test_the_duplicates_statements_are_the_ones_that_take_own_transaction() -> None:
+    table = sql.make_table("t")
+    takes = {d: {name for name in statements.STATEMENTS
+                 if statements.Statements(table, d).get(name).own_transaction}
+             for d in ("postgresql", "sqlite")}
+    assert takes == {"postgresql": {"claim", "lost_to", "note_duplicate"}, "sqlite": set()}
