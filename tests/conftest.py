@@ -232,6 +232,8 @@ def pytest_runtest_protocol(item: pytest.Item,
         yield
         return
     with budget.hold(count) as waited:
+        if waited >= 1.0:  # in --junitxml, beside the test's own durations
+            item.user_properties.append(("connection_wait_seconds", round(waited, 1)))
         if waited > PATIENCE_SECONDS:
             warnings.warn(f"{item.nodeid} waited {waited:.0f} s for {count} PostgreSQL "
                           "connections and runs beyond the budget", stacklevel=1)

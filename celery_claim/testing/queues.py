@@ -121,6 +121,30 @@ def unacked_length(redis_url: str, *, key_prefix: str = "") -> int:
         client.close()
 
 
+def _unacked_described(redis_url: str, *, key_prefix: str = "", limit: int = 10) -> list[str]:
+    """The first ``limit`` unacknowledged messages, as "task[id] queue tag" (for a timeout)."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        entries = client.hgetall(f"{key_prefix}unacked")
+    finally:
+        client.close()
+    described = []
+    for tag, raw in list(entries.items())[:limit]:
+        try:
+            payload, _exchange, routing_key = json.loads(raw)
+            headers = payload.get("headers") or {}
+            name = tag.decode(errors="replace") if isinstance(tag, bytes) else str(tag)
+            described.append(f"{headers.get('task', '?')}[{headers.get('id', '?')}] "
+                             f"queue={routing_key} tag={name}")
+        except (ValueError, TypeError, AttributeError):
+            described.append(f"tag={tag!r} (not a kombu message)")
+    return described
+
+
 def wait_until_drained(
     redis_url: str,
     queues: str | Sequence[str],
@@ -163,5 +187,7 @@ def wait_until_drained(
         timeout,
         interval,
         message=lambda: "work still in progress: "
-        + ", ".join(f"{count} {what}" for what, count in last.items()),
+        + ", ".join(f"{count} {what}" for what, count in last.items())
+        + "".join(f"\n  unacked: {line}" for line in (
+            _unacked_described(redis_url, key_prefix=key_prefix) if last.get("unacked") else ())),
     )

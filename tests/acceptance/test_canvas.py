@@ -136,6 +136,7 @@ def test_chain_group_chord_and_callbacks_delivered_twice_run_each_body_once(
     canvas.assert_once("errback", FAILING)
 
 
+@pytest.mark.control
 def test_the_naive_canvas_runs_bodies_twice(canvas: Canvas) -> None:
     # The control: the same canvas, the same duplicated messages and workers,
     # with plain celery.Task bodies behind a check-then-act guard.

@@ -68,6 +68,7 @@ def test_forked_children_open_their_own_connections(pg_store: ClaimStore) -> Non
     assert len(pg_store.list_claims(limit=1000)) == 900
 
 
+@pytest.mark.control
 def test_control_children_sharing_the_parents_socket_get_wrong_replies(
         pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
     # The naive store: no fork check, so the children keep the parent's pool.

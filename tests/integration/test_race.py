@@ -136,6 +136,7 @@ def test_exactly_one_winner_per_key_and_acquisition(database_url: str, pg_store:
             assert row.task_id == f"r{winner[int(key.rsplit('-', 1)[1])]}", (key, row)
 
 
+@pytest.mark.control
 @pytest.mark.connections(35)
 @pytest.mark.parametrize("threads", [0, 4], ids=["processes", "threads"])
 @pytest.mark.parametrize("mode", racers.MODES)
