@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
-from conftest import Scenario
+from support.scenario import Scenario
 
 MODULE = "canvas_app"
 

@@ -36,7 +36,7 @@ import canvas_world
 import pytest
 from canvas_world import Canvas
 from celery import chain, chord, group
-from conftest import Scenario
+from support.scenario import Scenario
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.canvas]
 

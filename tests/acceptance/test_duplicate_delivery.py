@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 
-from conftest import Scenario
+from support.scenario import Scenario
 
 from celery_claim.testing import TcpProxy, publish_duplicates, wait_for
 

@@ -34,7 +34,7 @@ from typing import Any
 import canvas_world
 import pytest
 from canvas_world import Canvas
-from conftest import Scenario
+from support.scenario import Scenario
 
 from celery_claim.testing import wait_for
 

@@ -14,7 +14,7 @@ scenario also runs its own naive control.)
 from __future__ import annotations
 
 import pytest
-from conftest import Scenario
+from support.scenario import Scenario
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.floor]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Scenario, both_guards, unavailable
+from support.scenario import Scenario, both_guards, unavailable
 
 from celery_claim.testing import TcpProxy, free_port, wait_for
 

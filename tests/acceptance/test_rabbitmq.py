@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import Scenario
+from support.scenario import Scenario
 
 from celery_claim.testing import TcpProxy, wait_for
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Scenario, both_guards
+from support.scenario import Scenario, both_guards
 
 from celery_claim.testing import RedisServer, TcpProxy, wait_for
 
