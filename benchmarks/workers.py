@@ -131,15 +131,16 @@ def _cpu_used(before: dict[int, tuple[str, float]],
 def _start_profiler(worker: WorkerProcess, out: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling the process that runs the task bodies (solo: the main one).
 
-    With the threads and gevent pools, only the thread holding the interpreter
-    lock is sampled (``--gil``): the others wait for it, or for PostgreSQL, and
-    a sample of a thread blocked in libpq's ``select`` is not work.
+    Only the thread holding the interpreter lock is sampled (``--gil``): a
+    thread blocked in a ``select`` on libpq's or kombu's socket has let go of
+    it, and such a sample is a wait, not work (without ``--gil`` py-spy shows
+    it in the Python frame that called ``select``).
     """
     target = worker.child_pids()[0] if worker.pool == "prefork" else worker.pid
     spy = Path(sys.executable).with_name("py-spy")
-    gil = ["--gil"] if worker.pool in ("threads", "gevent") else []
     proc = subprocess.Popen([str(spy), "record", "--pid", str(target), "--rate", "250",
-                             "--format", "raw", "--output", str(out), "--nonblocking", *gil],
+                             "--format", "raw", "--output", str(out), "--nonblocking",
+                             "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # py-spy attaches
     return proc

@@ -76,17 +76,29 @@ class Encoded:
         return f"Encoded({self.content_type}: {shown})"
 
 
+#: Results that cannot be a result handle (the common ones; no class check for them).
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes, dict, list, tuple})
+_result_bases: list[type[Any]] = []
+
+
+def _result_base() -> type[Any]:
+    """``celery.result.ResultBase``, imported on first use: the store imports this module."""
+    if not _result_bases:
+        from celery.result import ResultBase
+
+        _result_bases.append(ResultBase)
+    return _result_bases[0]
+
+
 def encode(value: Any, serializer: str) -> Encoded:
     """``value`` as the result backend would encode it with ``serializer``.
 
     A result handle (``AsyncResult``, ``GroupResult``) is stored as its tuple
     unless the serializer is pickle, as Celery's ``prepare_value`` does.
     """
-    if serializer != "pickle":
-        from celery.result import ResultBase  # only here: the store imports this module
-
-        if isinstance(value, ResultBase):
-            value = value.as_tuple()
+    if serializer != "pickle" and type(value) not in _SCALARS \
+            and isinstance(value, _result_base()):
+        value = value.as_tuple()
     try:
         content_type, content_encoding, data = _dumps(value, serializer=serializer)
     except (exceptions.EncodeError, exceptions.SerializerNotInstalled) as exc:

@@ -108,6 +108,26 @@ def test_plain_arguments_digest_as_their_canonical_form(arguments: dict[str, obj
     assert payload_digest(arguments) == hashlib.sha256(walked).hexdigest()
 
 
+def test_the_flat_form_is_the_encoders_text_exactly() -> None:
+    # Digests stored by earlier releases must still match: the hand-written
+    # text of a few plain arguments is the JSON encoder's, byte for byte.
+    import random
+
+    from celery_claim.keys import _CANONICAL_JSON, _flat_json
+
+    rng = random.Random(1234)
+    texts = ["", "a", "é", "\u2028", "tab\tnew\nline", '"quoted"', "back\\slash",
+             "\x00\x1f", "😀", "</script>", "über-Größe", "0", "null"]
+    values: list[object] = [None, True, False, 0, -1, 1, 10**30, -(2**63), *texts]
+    for _ in range(5000):
+        arguments = {rng.choice(texts) + str(rng.randrange(3)): rng.choice(values)
+                     for _ in range(rng.randrange(7))}
+        assert _flat_json(arguments) == _CANONICAL_JSON(arguments), arguments
+    assert _flat_json({"n": 1.5}) is None
+    assert _flat_json({"n": [1]}) is None
+    assert _flat_json({1: "x"}) is None  # type: ignore[dict-item]
+
+
 def test_arguments_that_only_look_plain_take_the_canonical_walk() -> None:
     class Level(int, enum.Enum):
         HIGH = 3
