@@ -213,8 +213,12 @@ _JSON_STR = json.encoder.encode_basestring  # the encoder's own, with ensure_asc
 def _flat_json(arguments: Mapping[str, Any]) -> str | None:
     """The text ``_CANONICAL_JSON`` gives for str keys and plain values, written
     out directly; None for anything else (the encoder then decides)."""
+    try:
+        names = sorted(arguments)
+    except TypeError:  # keys of several types: the canonical walk makes them str
+        return None
     parts = []
-    for name in sorted(arguments):
+    for name in names:
         if type(name) is not str:
             return None
         value = arguments[name]

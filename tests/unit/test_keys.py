@@ -111,6 +111,7 @@ def test_plain_arguments_digest_as_their_canonical_form(arguments: dict[str, obj
 def test_the_flat_form_is_the_encoders_text_exactly() -> None:
     # Digests stored by earlier releases must still match: the hand-written
     # text of a few plain arguments is the JSON encoder's, byte for byte.
+    import hashlib
     import random
 
     from celery_claim.keys import _CANONICAL_JSON, _flat_json
@@ -126,6 +127,10 @@ def test_the_flat_form_is_the_encoders_text_exactly() -> None:
     assert _flat_json({"n": 1.5}) is None
     assert _flat_json({"n": [1]}) is None
     assert _flat_json({1: "x"}) is None  # type: ignore[dict-item]
+    mixed = {1: "x", "a": 2}
+    assert _flat_json(mixed) is None  # type: ignore[arg-type]
+    assert payload_digest(mixed) == hashlib.sha256(  # type: ignore[arg-type]
+        _CANONICAL_JSON({"1": "x", "a": 2}).encode()).hexdigest()
 
 
 def test_arguments_that_only_look_plain_take_the_canonical_walk() -> None:
