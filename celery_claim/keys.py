@@ -188,7 +188,8 @@ def payload_digest(arguments: Mapping[str, Any]) -> str | None:
     skipped for that call rather than raising false mismatches.
     """
     try:
-        canonical = _flat_json(arguments) if len(arguments) <= _FLAT_MAX else None
+        canonical = (_flat_json(arguments)
+                     if type(arguments) is dict and len(arguments) <= _FLAT_MAX else None)
         if canonical is None:
             if all(type(v) in _PLAIN for v in arguments.values()) and \
                     all(type(k) is str for k in arguments):
@@ -210,17 +211,15 @@ _FLAT_MAX = 6
 _JSON_STR = json.encoder.encode_basestring  # the encoder's own, with ensure_ascii=False
 
 
-def _flat_json(arguments: Mapping[str, Any]) -> str | None:
-    """The text ``_CANONICAL_JSON`` gives for str keys and plain values, written
-    out directly; None for anything else (the encoder then decides)."""
-    try:
-        names = sorted(arguments)
-    except TypeError:  # keys of several types: the canonical walk makes them str
-        return None
-    parts = []
-    for name in names:
-        if type(name) is not str:
+def _flat_json(arguments: dict[str, Any]) -> str | None:
+    """The text ``_CANONICAL_JSON`` gives for a dict of str keys and plain
+    values, written out directly; None for anything else (the encoder then
+    decides)."""
+    for name in arguments:
+        if type(name) is not str:  # the canonical walk makes it one
             return None
+    parts = []
+    for name in sorted(arguments):
         value = arguments[name]
         kind = type(value)
         if kind is str:

@@ -130,6 +130,8 @@ def _unacked_described(redis_url: str, *, key_prefix: str = "", limit: int = 10)
     client = redis.Redis.from_url(redis_url)
     try:
         entries = client.hgetall(f"{key_prefix}unacked")
+    except Exception as exc:  # the timeout's own message must still be raised
+        return [f"(could not be listed: {exc!r})"]
     finally:
         client.close()
     described = []

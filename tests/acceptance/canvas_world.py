@@ -1,6 +1,6 @@
 """The world of the canvas and life-cycle tests: a scenario running ``canvas_app``.
 
-``canvas`` is a :class:`conftest.Scenario` with a result backend of its own
+``canvas`` is a :class:`support.scenario.Scenario` with a result backend of its own
 (the Redis one under the scenario's key prefix, or Celery's database backend
 in a PostgreSQL schema of its own, dropped afterwards) and queries over the
 body starts ``canvas_app`` counts.

@@ -90,10 +90,16 @@ def test_demo_cleans_up_when_interrupted(database_url: str, redis_url: str,
                                          sig: signal.Signals) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_CLAIM_")}
     before = set(_demo_tables(database_url))
-    proc = subprocess.Popen([str(BIN / "celery-claim"), "demo", "--jobs", "2000", "--json",
+    # SIGINT back to its default in the demo, as a terminal's shell gives it: a
+    # run started in the background by a shell without job control (as CI may
+    # be) inherits SIGINT ignored, and Python then keeps it ignored instead of
+    # raising KeyboardInterrupt. Set in a small launcher that then becomes the
+    # demo (exec), not in preexec_fn, which is unsafe in a threaded process.
+    proc = subprocess.Popen([sys.executable, "-c", _AS_AT_A_TERMINAL, str(BIN / "celery-claim"),
+                             "demo", "--jobs", "2000", "--json",
                              "--database-url", database_url, "--broker-url", redis_url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=clean, preexec_fn=_ctrl_c_as_at_a_terminal)
+                            env=clean)
     ours: set[str] = set()
     try:
         # Interrupt once the workers run (the demo tables exist and charges are coming in).
@@ -105,13 +111,20 @@ def test_demo_cleans_up_when_interrupted(database_url: str, redis_url: str,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-            for pid in _run_pids(ours):  # its workers, each in a session of its own
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        # What the demo left behind (its workers run in sessions of their own)
+        # is killed whatever happened, and then counted against it.
+        left = _run_pids(ours)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert proc.returncode != 0
     assert not ours & set(_demo_tables(database_url))
     assert _run_name(ours) is not None
-    assert not _run_pids(ours)
+    assert not left
+
+
+_AS_AT_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                     "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def _run_name(tables: set[str]) -> str | None:
@@ -124,16 +137,6 @@ def _run_pids(tables: set[str]) -> list[int]:
     name = _run_name(tables)
     return [] if name is None else [
         pid for pid in _pids() if f"claim-demo-{name}" in _cmdline(pid)]
-
-
-def _ctrl_c_as_at_a_terminal() -> None:
-    """SIGINT back to its default in the demo, as a terminal's shell gives it.
-
-    A run started in the background by a shell without job control (as CI
-    may be) inherits SIGINT ignored, and Python then keeps it ignored instead
-    of raising KeyboardInterrupt: the demo would never see the signal.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _demo_tables(url: str) -> list[str]:

@@ -5,6 +5,7 @@ import decimal
 import enum
 import inspect
 import uuid
+from typing import Any
 
 import pytest
 
@@ -108,6 +109,23 @@ def test_plain_arguments_digest_as_their_canonical_form(arguments: dict[str, obj
     assert payload_digest(arguments) == hashlib.sha256(walked).hexdigest()
 
 
+def _previous_digest(arguments: Any) -> str | None:
+    """payload_digest as it was before the flat form."""
+    import hashlib
+
+    from celery_claim.keys import _CANONICAL_JSON, _PLAIN, _canonical
+
+    try:
+        if all(type(v) in _PLAIN for v in arguments.values()) and \
+                all(type(k) is str for k in arguments):
+            canonical = _CANONICAL_JSON(arguments)
+        else:
+            canonical = _CANONICAL_JSON(_canonical(arguments))
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def test_the_flat_form_is_the_encoders_text_exactly() -> None:
     # Digests stored by earlier releases must still match: the hand-written
     # text of a few plain arguments is the JSON encoder's, byte for byte.
@@ -127,6 +145,16 @@ def test_the_flat_form_is_the_encoders_text_exactly() -> None:
     assert _flat_json({"n": 1.5}) is None
     assert _flat_json({"n": [1]}) is None
     assert _flat_json({1: "x"}) is None  # type: ignore[dict-item]
+    import types
+
+    class Shadowed(dict):  # type: ignore[type-arg]
+        def __getitem__(self, key: object) -> object:
+            return "other"
+
+    old_style = [types.MappingProxyType({"a": 1}), Shadowed(a=1),
+                 {"b": decimal.Decimal(1), "a": 1}]
+    for arguments in old_style:  # not the flat form: the encoder's answer, as before
+        assert payload_digest(arguments) == _previous_digest(arguments)  # type: ignore[arg-type]
     mixed = {1: "x", "a": 2}
     assert _flat_json(mixed) is None  # type: ignore[arg-type]
     assert payload_digest(mixed) == hashlib.sha256(  # type: ignore[arg-type]
