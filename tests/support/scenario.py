@@ -91,6 +91,8 @@ class Scenario:
         self.redis = redis.Redis.from_url(redis_url)
         self.module: Any = None
         self._store: ClaimStore | None = None
+        #: The task ids of the last :meth:`publish`, one per call.
+        self.published: list[str] = []
         self._sweeping = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.vhost: str | None = None
@@ -224,8 +226,9 @@ class Scenario:
         options.setdefault("queue", self.name)
         task = getattr(self.module, task_name)
         if same_id:
-            return publish_duplicates(task, calls, copies, **options)
-        ids = []
+            self.published = publish_duplicates(task, calls, copies, **options)
+            return self.published
+        ids = self.published = []
         with task.app.producer_or_acquire() as producer:
             for call in calls:
                 for _ in range(copies):
@@ -360,6 +363,14 @@ class Scenario:
                 "cannot see the failure it rules out")
         print(f"OUTCOME guard={self.guard} kind={kind} records={len(expected)} "
               f"doubled={len(doubled)} lost={len(lost)}")
+
+    def never_claimed(self, kind: str, records: Sequence[int]) -> list[int]:
+        """Records with no effect whose task id (from the last :meth:`publish`, one
+        per record) no claim ever saw: their messages never reached a body."""
+        effects = self.effects_per_record(kind)
+        return [record for record, task_id in zip(records, self.published, strict=True)
+                if record not in effects and not self.scalar(
+                    f'SELECT count(*) FROM "{self.table}" WHERE task_id = :id', id=task_id)]
 
     def assert_each_once(self, kind: str, records: Iterable[int]) -> None:
         """Exactly one effect per record, none lost; under claims, each committed by its claim.
