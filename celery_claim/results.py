@@ -21,6 +21,7 @@ This module needs only kombu; the store uses it to show JSON results as JSON.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Collection
 from typing import Any
 
@@ -78,16 +79,15 @@ class Encoded:
 
 #: Results that cannot be a result handle (the common ones; no class check for them).
 _SCALARS = frozenset({type(None), bool, int, float, str, bytes, dict, list, tuple})
-_result_bases: list[type[Any]] = []
 
 
+@functools.cache
 def _result_base() -> type[Any]:
     """``celery.result.ResultBase``, imported on first use: the store imports this module."""
-    if not _result_bases:
-        from celery.result import ResultBase
+    from celery.result import ResultBase
 
-        _result_bases.append(ResultBase)
-    return _result_bases[0]
+    base: type[Any] = ResultBase
+    return base
 
 
 def encode(value: Any, serializer: str) -> Encoded:
