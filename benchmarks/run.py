@@ -209,10 +209,10 @@ def coalesce_table(rows: list[dict[str, Any]]) -> str:
 
 def schema_table(rows: list[dict[str, Any]]) -> str:
     lines = ["\n#### Store: where the claim's PostgreSQL cost goes, one client "
-             "(median of the rounds; PostgreSQL CPU per round)\n",
-             "| variant | what it is | PostgreSQL CPU ms per claim | vs floor | client CPU ms "
-             "per claim | WAL bytes per claim | HOT completions | per round |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(medians of the rounds; ratios taken within each round)\n",
+             "| variant | what it is | PostgreSQL CPU ms per claim | vs floor | vs before | "
+             "client CPU ms per claim | WAL bytes per claim | HOT completions | per round |",
+             "|---|---|---|---|---|---|---|---|---|"]
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by[row["variant"]].append(row)
@@ -220,12 +220,18 @@ def schema_table(rows: list[dict[str, Any]]) -> str:
     def median(name: str, field: str) -> float:
         return statistics.median(r[field] for r in by[name])
 
-    floor = median("floor", "server_cpu_ms")
+    def ratio(name: str, base: str) -> str:
+        if base not in by:
+            return "-"
+        per_round = {r["round"]: r["server_cpu_ms"] for r in by[base]}
+        ratios = [r["server_cpu_ms"] / per_round[r["round"]] for r in by[name]]
+        return f"{statistics.median(ratios):.2f}"
+
     for name, (what, _) in schema_bench.VARIANTS.items():
         if name not in by:
             continue
-        server = median(name, "server_cpu_ms")
-        lines.append(f"| {name} | {what} | {server:.3f} | {server / floor:.2f} | "
+        lines.append(f"| {name} | {what} | {median(name, 'server_cpu_ms'):.3f} | "
+                     f"{ratio(name, 'floor')} | {ratio(name, 'before')} | "
                      f"{median(name, 'client_cpu_ms'):.3f} | {median(name, 'wal_bytes'):.0f} | "
                      f"{100 * median(name, 'hot_share'):.0f}% | "
                      + ", ".join(f"{r['server_cpu_ms']:.3f}" for r in by[name]) + " |")
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text.append(coalesce_table(report["coalesce"]))
     if "schema" in args.suite:  # PostgreSQL's cost per claim, one thing taken away at a time
         report["schema"] = schema_bench.costs(args.database_url, 50 if args.quick else 2000,
-                                              rounds=1 if args.quick else 5)
+                                              rounds=1 if args.quick else 9)
         text.append(schema_table(report["schema"]))
     if "calls" in args.suite:  # client CPU per store call
         report["calls"] = store_bench.calls(args.database_url, 50 if args.quick else 2000)

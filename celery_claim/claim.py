@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["Claim"]
 
 logger = logging.getLogger("celery_claim")
+_LOST_LOCK = threading.Lock()
 
 
 class Claim:
@@ -47,7 +48,6 @@ class Claim:
         self.released = False
         self._lost: str | None = None
         self._on_lost = on_lost
-        self._lock = threading.Lock()
         self._transaction: Transaction | None = None
 
     @property
@@ -140,7 +140,7 @@ class Claim:
 
     # Leased protocol (the heartbeat)
     def mark_lost(self, where: str) -> None:
-        with self._lock:
+        with _LOST_LOCK:  # rare: one lock for every claim of the process
             if self._lost is not None:
                 return
             self._lost = where

@@ -168,6 +168,7 @@ class CoalescedStatements:
             "task_ids": [p["task_id"] for p in batch], "owners": [p["owner"] for p in batch],
             "payload_digests": [p["payload_digest"] for p in batch],
             "leases": [float(p["lease_seconds"]) for p in batch],
+            "ttls": [float(p["ttl_seconds"]) for p in batch],
             "retry_failed": first["retry_failed"], "check_payload": first["check_payload"],
         }
         rows = {row.key: row for row in self._run("acquire", "claim_many", params).rows}

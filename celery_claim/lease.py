@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from typing import Protocol
+from typing import Any, Protocol
 
 from celery_claim import errors
 from celery_claim.store import ClaimStore
@@ -43,7 +43,16 @@ class Leased(Protocol):
 
 
 class Heartbeat:
-    """Renews leases in the background. Safe to use from many threads."""
+    """Renews leases in the background. Safe to use from many threads.
+
+    :meth:`hold` and :meth:`drop` run on every task's path, so they take no
+    lock: each is one dictionary operation, atomic on its own. The thread
+    never sleeps longer than the shortest renewal interval it has seen, so a
+    claim held while it sleeps is renewed on time without waking it; only a
+    claim with a shorter lease than any before (or the first claim) wakes it.
+    Each entry is a mutable ``[due, claim]`` pair that the thread updates in
+    place: a claim dropped meanwhile is never put back.
+    """
 
     def __init__(self) -> None:
         self._reset()
@@ -51,12 +60,9 @@ class Heartbeat:
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._cond = threading.Condition()
-        self._due: dict[int, tuple[float, Leased]] = {}
+        self._due: dict[int, list[Any]] = {}
         self._thread: threading.Thread | None = None
-        # When the waiting thread wakes by itself; None while it is not waiting.
-        self._sleeping_until: float | None = None
-        # How long the thread waits with nothing to renew: the shortest renewal
-        # interval seen, so that the next claim's renewal does not need a wake-up.
+        # The longest the thread sleeps: the shortest renewal interval seen.
         self._idle_wait = 3600.0
 
     def _check_fork(self) -> None:
@@ -67,43 +73,44 @@ class Heartbeat:
     def hold(self, claim: Leased) -> None:
         """Start renewing ``claim``'s lease."""
         self._check_fork()
+        interval = claim.lease_seconds / 3
+        self._due[id(claim)] = [time.monotonic() + interval, claim]
+        if interval < self._idle_wait or self._thread is None:
+            self._start(interval)
+
+    def _start(self, interval: float) -> None:
+        """Start the thread, or wake it to sleep no longer than ``interval``."""
         with self._cond:
-            due = time.monotonic() + claim.lease_seconds / 3
-            self._due[id(claim)] = (due, claim)
-            self._idle_wait = min(self._idle_wait, claim.lease_seconds / 3)
+            self._idle_wait = min(self._idle_wait, interval)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="celery-claim-heartbeat", daemon=True)
                 self._thread.start()
-            # Wake the thread only if it would sleep past this claim's renewal:
-            # a wake-up per task costs a thread switch on the task's hot path.
-            if self._sleeping_until is not None and due < self._sleeping_until:
-                self._cond.notify()
+            self._cond.notify()
 
     def drop(self, claim: Leased) -> None:
         """Stop renewing ``claim``'s lease (it completed or was released)."""
-        self._check_fork()
-        with self._cond:
-            self._due.pop(id(claim), None)
+        self._due.pop(id(claim), None)
 
     def held(self) -> int:
         """How many claims this process is renewing."""
-        with self._cond:
-            return len(self._due)
+        return len(self._due)
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                now = time.monotonic()
-                due = [c for at, c in self._due.values() if at <= now]
-                if not due:
-                    timeout = max(min((at for at, _ in self._due.values()),
-                                      default=now + self._idle_wait) - now, 0.01)
-                    self._sleeping_until = now + timeout
-                    self._cond.wait(timeout=timeout)
-                    self._sleeping_until = None
-                    continue
-            self._renew(due)
+            entries = list(self._due.values())  # one atomic copy: holders go on meanwhile
+            now = time.monotonic()
+            due = [claim for at, claim in entries if at <= now]
+            if not due:
+                wake = min((at for at, _ in entries), default=now + self._idle_wait)
+                with self._cond:
+                    self._cond.wait(timeout=max(min(wake, now + self._idle_wait) - now, 0.01))
+                continue
+            try:
+                self._renew(due)
+            except Exception:  # never let the thread die: holders do not restart it
+                logger.exception("claim heartbeat failed")
+                self._reschedule(due, RETRY_AFTER)
 
     def _renew(self, due: list[Leased]) -> None:
         groups: dict[tuple[int, float], list[Leased]] = defaultdict(list)
@@ -131,15 +138,16 @@ class Heartbeat:
 
     def _reschedule(self, claims: list[Leased], after: float) -> None:
         at = time.monotonic() + after
-        with self._cond:
-            for claim in claims:
-                if id(claim) in self._due:
-                    self._due[id(claim)] = (at, claim)
+        for claim in claims:
+            entry = self._due.get(id(claim))
+            if entry is not None and entry[1] is claim:
+                entry[0] = at  # in place: a claim dropped meanwhile stays dropped
 
     def _forget(self, claim: Leased) -> bool:
         # Dropped meanwhile (completed): not lost, just finished.
-        with self._cond:
-            return self._due.pop(id(claim), None) is not None
+        entry = self._due.get(id(claim))
+        return entry is not None and entry[1] is claim and \
+            self._due.pop(id(claim), None) is entry
 
 
 #: The process's heartbeat.

@@ -112,20 +112,32 @@ class ClaimedRun(Recovery):
     def execute(self) -> Any:
         s = self.settings
         task_id = self.request.id or ""
-        arguments = self.runtime.keys.bind(self.args, self.kwargs)
-        key = self.runtime.keys.build(task_id, self.args, self.kwargs, arguments)
+        builder = self.runtime.keys
+        digest = None
+        if builder.is_default:
+            # A key made of the task id names one message: the same key with
+            # other arguments is a retry of that message, which the payload
+            # check lets through anyway (sql._takes). No digest to compute.
+            key = builder.build(task_id, self.args, self.kwargs)
+        else:
+            arguments = builder.bind(self.args, self.kwargs)
+            key = builder.build(task_id, self.args, self.kwargs, arguments)
+            if s.check_payload:
+                digest = keys.payload_digest(arguments)
+                if digest is None:
+                    reporting.warn_once(
+                        self.task, "digest", "task %s was called with arguments that have no "
+                        "stable digest (an object only pickle carries): its payload check is "
+                        "skipped for such calls; pass plain values, or set "
+                        "claim_check_payload=False to say so", self.task.name)
         # Before the decision: a duplicate dispatches the same callbacks too.
         callbacks.pin_callback_ids(self.request, key)
-        digest = keys.payload_digest(arguments) if s.check_payload else None
-        if digest is None and s.check_payload:
-            reporting.warn_once(self.task, "digest", "task %s was called with arguments that "
-                                "have no stable digest (an object only pickle carries): its "
-                                "payload check is skipped for such calls; pass plain values, "
-                                "or set claim_check_payload=False to say so", self.task.name)
         started = time.monotonic()
         try:
-            self.store.ensure_schema()
-            upgrade.check_current(self.store)
+            if not self.runtime.store_ready:
+                self.store.ensure_schema()
+                upgrade.check_current(self.store)
+                self.runtime.store_ready = True
             won, lost = self._acquire(key, task_id, digest)
         except errors.ClaimStoreError as exc:
             claim_store_error.send(sender=self.task, key=key, task_id=task_id, token=None,
@@ -158,7 +170,8 @@ class ClaimedRun(Recovery):
             answer = self.store.claim(
                 key, task_name=self.task.name, task_id=task_id, owner=owner,
                 payload_digest=digest, lease_seconds=s.lease_seconds,
-                retry_failed=retry_failed, check_payload=s.check_payload)
+                retry_failed=retry_failed, check_payload=s.check_payload,
+                ttl_seconds=self.ttl_seconds)
             if isinstance(answer, Acquired):
                 return answer, None
             if answer is None:  # SQLite, or a row newer than the statement's snapshot

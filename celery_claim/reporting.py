@@ -34,8 +34,10 @@ def log(level: int, event: str, handle: Claim, *, duration: float | None = None,
 
 
 def acquired(task: Any, handle: Claim, wait: float) -> None:
-    signals.claim_acquired.send(sender=task, key=handle.key, task_id=handle.task_id,
-                                token=handle.token, attempt=handle.attempt, wait=wait)
+    # Every task's path: a signal nobody listens to costs no call.
+    if signals.claim_acquired.receivers:
+        signals.claim_acquired.send(sender=task, key=handle.key, task_id=handle.task_id,
+                                    token=handle.token, attempt=handle.attempt, wait=wait)
     log(logging.DEBUG, "acquired", handle, duration=wait)
 
 
@@ -55,6 +57,8 @@ def duplicate(task: Any, key: str, task_id: str | None, record: ClaimRecord | No
 
 
 def completed(task: Any, handle: Claim, state: State) -> None:
+    if not signals.claim_completed.receivers and not logger.isEnabledFor(logging.INFO):
+        return
     duration = time.monotonic() - handle.acquired_at
     signals.claim_completed.send(sender=task, key=handle.key, task_id=handle.task_id,
                                  token=handle.token, state=str(state), duration=duration)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Collection
 from typing import Any
 
@@ -96,6 +97,10 @@ def encode(value: Any, serializer: str) -> Encoded:
     A result handle (``AsyncResult``, ``GroupResult``) is stored as its tuple
     unless the serializer is pickle, as Celery's ``prepare_value`` does.
     """
+    if serializer == "json":
+        text = _plain_json(value)
+        if text is not None and _kombu_json_is_standard():
+            return Encoded(text.encode(), JSON, "utf-8")
     if serializer != "pickle" and type(value) not in _SCALARS \
             and isinstance(value, _result_base()):
         value = value.as_tuple()
@@ -106,6 +111,50 @@ def encode(value: Any, serializer: str) -> Encoded:
     if isinstance(data, str):
         data = data.encode(content_encoding or "utf-8")
     return Encoded(bytes(data), content_type, content_encoding or "utf-8")
+
+
+#: Values kombu's json serializer writes as the standard library's encoder
+#: does: its encoder differs only in ``default()``, which they never reach.
+_JSON_SCALARS = frozenset({str, int, bool, type(None), float})
+_json_encode = json.JSONEncoder().encode  # json.dumps's own settings
+_json_string = json.encoder.encode_basestring_ascii  # with ensure_ascii, as json.dumps
+
+
+def _plain_json(value: Any) -> str | None:
+    """The json text of a plain value (a scalar, or a dict, list or tuple of
+    scalars, with str keys), written as kombu's json serializer writes it;
+    ``None`` for anything else (kombu then encodes it)."""
+    kind = type(value)
+    if kind is str:
+        return _json_string(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is bool or value is None:
+        return "true" if value is True else "false" if value is False else "null"
+    if kind is float or kind is dict or kind is list or kind is tuple:
+        if kind is dict:
+            if not all(type(k) is str and type(v) in _JSON_SCALARS for k, v in value.items()):
+                return None
+        elif kind is not float and not all(type(v) in _JSON_SCALARS for v in value):
+            return None
+        text: str = _json_encode(value)
+        return text
+    return None
+
+
+@functools.cache
+def _kombu_json_is_standard() -> bool:
+    """Whether kombu's ``json`` serializer writes plain values as the standard
+    library does (it does, unless an application registered its own under
+    that name): checked once per process, on a value of every plain kind."""
+    probe = {"text": "é\"\n", "number": 7, "ratio": 1.5, "flag": True, "none": None,
+             "list": [1, "x"]}
+    try:
+        _, _, data = _dumps(probe, serializer="json")
+    except Exception:
+        return False
+    data = data.decode("utf-8") if isinstance(data, bytes) else data
+    return bool(data == _json_encode(probe))
 
 
 def encode_json(value: Any) -> Encoded:

@@ -71,43 +71,53 @@ def parse_table_name(name: str) -> tuple[str | None, str]:
 
 
 def make_table(name: str = DEFAULT_TABLE, meta: sa.MetaData | None = None) -> sa.Table:
-    """Build the claims table (and its indexes) in ``meta``."""
+    """Build the claims table (and its index) in ``meta``.
+
+    Text columns are ``TEXT``, not ``VARCHAR(n)``, and ``state`` has no check
+    constraint: on PostgreSQL each costs every statement that writes a row
+    (a length coercion per column; the constraint's expression, read from the
+    catalog on every execution), and the values come from this package alone
+    (keys are at most :data:`MAX_KEY_LENGTH`, checked when they are built).
+    The one secondary index serves the purge. Listing stale claims scans the
+    table instead: an index that tells running rows from finished ones would
+    make every completion write new index entries (docs/performance.md,
+    "HOT completions").
+    """
     schema, table_name = parse_table_name(name)
     meta = meta if meta is not None else sa.MetaData()
     stamp = sa.DateTime(timezone=True)
     table = sa.Table(
         table_name,
         meta,
-        sa.Column("key", sa.String(MAX_KEY_LENGTH), primary_key=True),
-        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("state", sa.Text, nullable=False),
         sa.Column("token", sa.BigInteger, nullable=False),
-        sa.Column("task_name", sa.String(255), nullable=False),
-        sa.Column("task_id", sa.String(255), nullable=False),
+        sa.Column("task_name", sa.Text, nullable=False),
+        sa.Column("task_id", sa.Text, nullable=False),
         sa.Column("attempt", sa.Integer, nullable=False),
-        sa.Column("owner", sa.String(255), nullable=False),
-        sa.Column("payload_digest", sa.String(64)),
+        sa.Column("owner", sa.Text, nullable=False),
+        sa.Column("payload_digest", sa.Text),
         # The result as the app's result serializer encoded it (see
         # celery_claim.results): the exact bytes, so a duplicate's replay
         # encodes identically; JSON results read as text.
         sa.Column("result", sa.LargeBinary),
-        sa.Column("result_content_type", sa.String(128)),
-        sa.Column("result_content_encoding", sa.String(32)),
+        sa.Column("result_content_type", sa.Text),
+        sa.Column("result_content_encoding", sa.Text),
         sa.Column("error", sa.Text),
         sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
         sa.Column("lease_expires_at", stamp),
         sa.Column("created_at", stamp, nullable=False),
         sa.Column("updated_at", stamp, nullable=False),
         sa.Column("finished_at", stamp),
+        # Set when the claim is acquired (its lease and claim_ttl_seconds
+        # beyond it) and moved later only if the claim finishes past that
+        # lease, so a completion changes no indexed column (a HOT update).
         sa.Column("expires_at", stamp),
-        sa.CheckConstraint(f"state IN {STATES!r}", name=f"{table_name}_state_check"),
         schema=schema,
     )
-    # Purge walks finished rows by expiry; running rows never expire.
+    # Purge walks finished rows by expiry.
     sa.Index(f"{table_name}_expires_idx", table.c.expires_at,
              postgresql_where=table.c.expires_at.isnot(None))
-    # Stale-claim listing: running rows by lease end.
-    sa.Index(f"{table_name}_running_lease_idx", table.c.lease_expires_at,
-             postgresql_where=table.c.state == RUNNING)
     return table
 
 
@@ -182,6 +192,26 @@ def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> 
             f"printf('%+.6f seconds', {seconds})) || '000')")
 
 
+class time_plus(FunctionElement[Any]):
+    """A stored time plus a number of seconds: ``time_plus(column, seconds)``."""
+
+    type = sa.DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(time_plus, "postgresql")
+def _pg_time_plus(element: time_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    stored, seconds = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({stored} + make_interval(secs => {seconds}))"
+
+
+@compiles(time_plus, "sqlite")
+def _sqlite_time_plus(element: time_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    stored, seconds = (compiler.process(c, **kw) for c in element.clauses)
+    return (f"(strftime('%Y-%m-%d %H:%M:%f', {stored}, printf('%+.6f seconds', {seconds}))"
+            " || '000')")
+
+
 class has_value(FunctionElement[Any]):
     """``column IS NOT NULL``, spelled so that SQLite's RETURNING gets it right."""
 
@@ -232,7 +262,8 @@ def _takes(t: sa.Table, *, digest: Any, task_id: Any, now: Any) -> tuple[Any, An
         # The same message again (a retry with new arguments): not another job.
         t.c.task_id == task_id,
     )
-    expired = sa.and_(has_value(t.c.expires_at), t.c.expires_at < now)
+    # A running claim never expires: only its lease lapses.
+    expired = sa.and_(has_value(t.c.expires_at), t.c.expires_at < now, t.c.state != RUNNING)
     return sa.or_(expired, sa.and_(acquirable, same_payload)), \
         sa.and_(sa.not_(expired), sa.not_(same_payload))
 
@@ -243,6 +274,7 @@ def _insert(t: sa.Table, dialect: str) -> Any:
         key=_p("key"), state=RUNNING, token=1, task_name=_p("task_name"), task_id=_p("task_id"),
         attempt=1, owner=_p("owner"), payload_digest=_p("payload_digest"), duplicates=0,
         lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)),
+        expires_at=db_now_plus(_p("lease_seconds", sa.Float) + _p("ttl_seconds", sa.Float)),
         created_at=db_now(), updated_at=db_now(),
     )
     return _take_over(t, stmt)
@@ -266,10 +298,26 @@ def _take_over(t: sa.Table, stmt: Any) -> Any:
             "payload_digest": x.payload_digest, **{c: sa.null() for c in RESULT_COLUMNS},
             "error": sa.null(),
             "lease_expires_at": x.lease_expires_at, "updated_at": now,
-            "finished_at": sa.null(), "expires_at": sa.null(),
+            "finished_at": sa.null(), "expires_at": x.expires_at,
         },
         where=takes,
     )
+
+
+def kept_until(t: sa.Table, ttl_seconds: Any) -> Any:
+    """``expires_at`` of a claim that finishes now: ``ttl_seconds`` from now.
+
+    Except that the expiry its acquire set (the end of its first lease plus
+    the TTL) stands when it lies between now plus ``ttl_seconds`` and the
+    current lease's end plus ``ttl_seconds``: the usual case, a claim that
+    finished within its first lease, kept at most the rest of that lease
+    longer. Then the value does not change, and the completion is a HOT
+    update: PostgreSQL writes no index entry for it.
+    """
+    now_plus = db_now_plus(ttl_seconds)
+    stands = sa.and_(t.c.expires_at >= now_plus,
+                     t.c.expires_at <= time_plus(t.c.lease_expires_at, ttl_seconds))
+    return sa.case((stands, t.c.expires_at), else_=now_plus)
 
 
 def _acquire(t: sa.Table, dialect: str) -> sa.Executable:
@@ -289,7 +337,7 @@ def _complete(t: sa.Table, dialect: str, *, with_result: bool) -> sa.Executable:
     values: dict[str, Any] = {
         "state": _p("state"), "error": _p("error"), "lease_expires_at": sa.null(),
         "updated_at": db_now(), "finished_at": db_now(),
-        "expires_at": db_now_plus(_p("ttl_seconds", sa.Float)),
+        "expires_at": kept_until(t, _p("ttl_seconds", sa.Float)),
     }
     for column in RESULT_COLUMNS:
         values[column] = _p(column, t.c[column].type) if with_result else sa.null()
@@ -306,7 +354,7 @@ def _release(t: sa.Table, dialect: str) -> sa.Executable:
         sa.update(t)
         .where(t.c.key == _p("key"), t.c.token == _p("token"), t.c.state == RUNNING)
         .values(state=RELEASED, error=_p("error"), lease_expires_at=sa.null(),
-                updated_at=db_now(), expires_at=db_now_plus(_p("ttl_seconds", sa.Float)))
+                updated_at=db_now(), expires_at=kept_until(t, _p("ttl_seconds", sa.Float)))
         .returning(t.c.token)
     )
 

@@ -42,24 +42,31 @@ def _count_duplicate(t: sa.Table, where: Any, *verdict: Any) -> Any:
 def _note_duplicate(t: sa.Table, dialect: str, *verdict: Any) -> Any:
     columns = list(verdict)
     if dialect == "postgresql":
-        # Evaluated only for a row this count updated: a transaction that
-        # wrote nothing else commits without waiting for its WAL flush
-        # (docs/guarantees.md). Never inside a caller's transaction, which the
-        # setting would outlive the statement into (``own_transaction``).
-        quick = sa.func.set_config(sa.literal_column("'synchronous_commit'"),
-                                   sa.literal_column("'off'"), sa.true())
-        columns.append(sa.case((_p("own_transaction", sa.Boolean), quick)).label("quick_commit"))
+        columns.append(_quick_commit())
     return _count_duplicate(t, t.c.key == _p("key"), *columns)
 
 
-def _lost_to(t: sa.Table, dialect: str, *, locked: bool = False) -> Any:
+def _quick_commit() -> Any:
+    """Evaluated only for a row a duplicate's count updated: a transaction that
+    wrote nothing else commits without waiting for its WAL flush
+    (docs/guarantees.md). Never inside a caller's transaction, which the
+    setting would outlive the statement into (``own_transaction``)."""
+    quick = sa.func.set_config(sa.literal_column("'synchronous_commit'"),
+                               sa.literal_column("'off'"), sa.true())
+    return sa.case((_p("own_transaction", sa.Boolean), quick)).label("quick_commit")
+
+
+def _lost_to(t: sa.Table, dialect: str) -> Any:
     takes, mismatch = sql._takes(t, digest=_p("payload_digest", sa.String),
                                  task_id=_p("task_id", sa.String), now=db_now())
-    if locked:
-        # Beside the acquire that just refused the row: it evaluated ``takes``
-        # on this very version, locked it, at the same statement time.
-        takes = sa.false()
     return _note_duplicate(t, dialect, takes.label("takeable"), mismatch.label("mismatch"))
+
+
+def _row_json(t: sa.Table) -> Any:
+    """The whole row ``t`` as JSON text (PostgreSQL): one column, where its
+    columns one by one would widen every branch of the statement."""
+    name = postgresql.dialect().identifier_preparer.quote(t.name)  # type: ignore[no-untyped-call]
+    return sa.cast(sa.func.row_to_json(sa.literal_column(name)), sa.Text)
 
 
 def _claim(t: sa.Table, dialect: str) -> sa.Executable:
@@ -67,22 +74,30 @@ def _claim(t: sa.Table, dialect: str) -> sa.Executable:
     to, in one statement; on SQLite the acquire alone (:func:`_lost_to` follows).
 
     The lost branch (:func:`_count_duplicate`) sees the row the conflict
-    check locked. A row inserted after the statement's snapshot is invisible
-    to it: then the statement returns nothing and the caller runs ``lost_to``.
+    check locked, and returns it as one JSON column (``record``): a first
+    delivery, whose branch is the other one, gets three columns back, and
+    PostgreSQL sets up four output columns per branch instead of two dozen.
+    A row inserted after the statement's snapshot is invisible to it: then
+    the statement returns nothing and the caller runs ``lost_to``.
     """
     if dialect != "postgresql":
         return sql._acquire(t, dialect)
     won = sql._insert(t, dialect).returning(t.c.token, t.c.attempt).cte("won")
-    lost = _lost_to(t, dialect, locked=True).where(
-        ~sa.exists(sa.select(1).select_from(won))).cte("lost")
-    # The lost branch first: its columns name the result, and the won
-    # branch's NULLs take their types from it. Kept short: psycopg caches its
-    # parse of a statement's text only up to 4 kB; a longer one is parsed
-    # again on every call.
-    others = [c for c in lost.c if c.name not in ("token", "attempt")]
+    _, mismatch = sql._takes(t, digest=_p("payload_digest", sa.String),
+                             task_id=_p("task_id", sa.String), now=db_now())
+    # Beside the acquire that just refused the row: it evaluated the rule on
+    # this very version, locked it, at the same statement time: not takeable.
+    lost = (sa.update(t).where(t.c.key == _p("key"), ~sa.exists(sa.select(1).select_from(won)))
+            .values(duplicates=t.c.duplicates + 1)
+            .returning(t.c.token, t.c.attempt, _row_json(t).label("record"),
+                       db_now().label("db_now"), mismatch.label("mismatch"),
+                       _quick_commit())
+            .cte("lost"))
     return sa.union_all(
-        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, *others),
-        sa.select(sa.true(), won.c.token, won.c.attempt, *[sa.null() for _ in others]),
+        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, lost.c.record,
+                  lost.c.db_now, lost.c.mismatch, lost.c.quick_commit),
+        sa.select(sa.true(), won.c.token, won.c.attempt, sa.null(), sa.null(), sa.null(),
+                  sa.null()),
     )
 
 
@@ -107,15 +122,17 @@ def _claim_many(t: sa.Table, dialect: str) -> sa.Executable:
     d = sa.select(_unnest(("key", "keys", sa.Text), ("task_name", "task_names", sa.Text),
                           ("task_id", "task_ids", sa.Text), ("owner", "owners", sa.Text),
                           ("payload_digest", "payload_digests", sa.Text),
-                          ("lease_seconds", "leases", sa.Float))).cte("d").c
+                          ("lease_seconds", "leases", sa.Float),
+                          ("ttl_seconds", "ttls", sa.Float))).cte("d").c
     rows = sa.select(
         d.key, sa.literal(RUNNING, sa.String), sa.literal(1, sa.BigInteger), d.task_name,
         d.task_id, sa.literal(1, sa.Integer), d.owner, d.payload_digest,
-        sa.literal(0, sa.Integer), db_now_plus(d.lease_seconds), db_now(), db_now(),
+        sa.literal(0, sa.Integer), db_now_plus(d.lease_seconds),
+        db_now_plus(d.lease_seconds + d.ttl_seconds), db_now(), db_now(),
     ).order_by(d.key)
     insert = postgresql.insert(t).from_select(
         ["key", "state", "token", "task_name", "task_id", "attempt", "owner", "payload_digest",
-         "duplicates", "lease_expires_at", "created_at", "updated_at"], rows)
+         "duplicates", "lease_expires_at", "expires_at", "created_at", "updated_at"], rows)
     won = sql._take_over(t, insert).returning(t.c.key, t.c.token, t.c.attempt).cte("won")
     _, mismatch = sql._takes(t, digest=d.payload_digest, task_id=d.task_id, now=db_now())
     # As in ``claim``: the rows the INSERT refused, beside it, at the same
@@ -146,7 +163,7 @@ def _complete_many(t: sa.Table, dialect: str) -> sa.Executable:
                 result_content_type=d.result_content_type,
                 result_content_encoding=d.result_content_encoding,
                 lease_expires_at=sa.null(), updated_at=db_now(), finished_at=db_now(),
-                expires_at=db_now_plus(d.ttl_seconds))
+                expires_at=sql.kept_until(t, d.ttl_seconds))
         .returning(t.c.key, t.c.token)
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from celery_claim.sql import RELEASED, RUNNING, Builder, _p, _record_columns, db_now, db_now_plus
+from celery_claim.sql import RELEASED, RUNNING, Builder, _p, _record_columns, db_now, kept_until
 
 __all__ = ["STATEMENTS"]
 
@@ -20,7 +20,7 @@ def _force_release(t: sa.Table, dialect: str) -> sa.Executable:
         .where(t.c.key == _p("key"), t.c.token == _p("token"),
                sa.or_(sa.not_(live), _p("force", sa.Boolean)))
         .values(state=RELEASED, lease_expires_at=sa.null(), updated_at=db_now(),
-                error=_p("error"), expires_at=db_now_plus(_p("ttl_seconds", sa.Float)))
+                error=_p("error"), expires_at=kept_until(t, _p("ttl_seconds", sa.Float)))
         .returning(t.c.token)
     )
 

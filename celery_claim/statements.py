@@ -44,6 +44,9 @@ class DriverStatement:
     sql: str
     order: tuple[str, ...]
     processors: dict[str, Callable[[Any], Any]]
+    #: The parameters that are bytes (``bytea``): a driver may send them as
+    #: they are, in binary format, rather than escaped as text.
+    binary: frozenset[str] = frozenset()
 
     @classmethod
     def compile(cls, name: str, statement: sa.Executable,
@@ -78,7 +81,9 @@ class DriverStatement:
             process = binds[bind_name].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 processors[bind_name[2:]] = process
-        return cls(name, text, tuple(order), processors)
+        binary = frozenset(bind_name[2:] for bind_name in ours
+                           if isinstance(binds[bind_name].type, sa.LargeBinary))
+        return cls(name, text, tuple(order), processors, binary)
 
     def params(self, values: dict[str, Any]) -> dict[str, Any]:
         """The driver's parameters, by name, from the statement's own names."""

@@ -9,15 +9,13 @@ the ``atomic()`` transaction it is given (``connection=``).
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery_claim import errors, results, sql
 from celery_claim.coalesce import CoalescedStatements
 from celery_claim.connectors.base import Connector, Result, Transaction
+from celery_claim.records import Acquired, ClaimRecord, Lost
 from celery_claim.statements import Statements
 
 if TYPE_CHECKING:
@@ -25,131 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Acquired", "ClaimRecord", "ClaimStore", "Lost"]
 
-_UTC = datetime.timezone.utc
-
-
-def _aware(value: datetime.datetime | None) -> datetime.datetime | None:
-    # SQLite hands back naive UTC; PostgreSQL timestamptz is already aware.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=_UTC)
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class ClaimRecord:
-    """One row of the claims table, read at ``db_now`` (the database's clock)."""
-
-    key: str
-    state: str
-    token: int
-    task_name: str
-    task_id: str
-    attempt: int
-    owner: str
-    payload_digest: str | None
-    #: The result as its serializer encoded it (see :mod:`celery_claim.results`).
-    stored_result: results.Encoded | None
-    has_result: bool
-    error: str | None
-    duplicates: int
-    lease_expires_at: datetime.datetime | None
-    created_at: datetime.datetime
-    updated_at: datetime.datetime
-    finished_at: datetime.datetime | None
-    expires_at: datetime.datetime | None
-    db_now: datetime.datetime
-
-    @classmethod
-    def from_row(cls, row: Any) -> ClaimRecord:
-        """From a SQLAlchemy ``Row`` or a driver's named tuple."""
-        values = row._asdict()
-        for name in _NOT_RECORD:
-            values.pop(name, None)
-        for name in ("lease_expires_at", "created_at", "updated_at", "finished_at",
-                     "expires_at", "db_now"):
-            values[name] = _aware(values[name])
-        values["has_result"] = bool(values["has_result"])
-        payload = values.pop("result")
-        content_type = values.pop("result_content_type")
-        content_encoding = values.pop("result_content_encoding")
-        values["stored_result"] = (
-            None if payload is None else results.Encoded(
-                bytes(payload), content_type or results.JSON, content_encoding or "utf-8"))
-        return cls(**values)
-
-    @property
-    def result(self) -> Any:
-        """The stored result, decoded (json, msgpack or yaml; a pickled result is
-        decoded only by :meth:`celery_claim.results.Encoded.decode` with pickle accepted)."""
-        if self.stored_result is None:
-            return None
-        return self.stored_result.decode(results.READABLE)
-
-    @property
-    def lease_remaining(self) -> float:
-        """Seconds until the lease lapses (0 when not running or already lapsed)."""
-        if self.state != sql.RUNNING or self.lease_expires_at is None:
-            return 0.0
-        return max(0.0, (self.lease_expires_at - self.db_now).total_seconds())
-
-    @property
-    def is_live(self) -> bool:
-        """Running under a lease that has not lapsed."""
-        return self.state == sql.RUNNING and self.lease_remaining > 0
-
-    @property
-    def is_stale(self) -> bool:
-        """Running, but the lease has lapsed: the holder is gone or paused."""
-        return self.state == sql.RUNNING and not self.is_live
-
-    @property
-    def is_expired(self) -> bool:
-        """Past its retention time: the next acquire treats it as new."""
-        return self.expires_at is not None and self.expires_at < self.db_now
-
-    def as_dict(self) -> dict[str, Any]:
-        values = {
-            f.name: (v.isoformat() if isinstance(v, datetime.datetime) else v)
-            for f in dataclasses.fields(self)
-            for v in [getattr(self, f.name)]
-        }
-        del values["stored_result"]
-        stored = self.stored_result
-        text = stored.text if stored is not None else None
-        # JSON as JSON (kombu's typed values stay {"__type__": ..., "__value__": ...}).
-        values["result"] = (json.loads(text) if text is not None and stored is not None
-                            and stored.content_type == results.JSON else text)
-        values["result_content_type"] = stored.content_type if stored is not None else None
-        return values
-
-
-@dataclasses.dataclass(frozen=True)
-class Acquired:
-    """A won claim: the fencing token and the number of this acquisition."""
-
-    token: int
-    attempt: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Lost:
-    """A delivery that did not win the claim: the row it lost to, and the
-    acquire's own verdict on it (:func:`celery_claim.sql._takes`), read in the
-    same statement that counted the duplicate."""
-
-    record: ClaimRecord
-    #: The row may be taken now (it changed since the acquire): try again.
-    takeable: bool
-    #: The row holds another job under this key (other arguments, another task id).
-    mismatch: bool
-
-    @classmethod
-    def from_row(cls, row: Any) -> Lost:
-        return cls(ClaimRecord.from_row(row), bool(row.takeable), bool(row.mismatch))
-
-
-#: Columns a statement may return beside a record's (the acquire's verdict).
-_NOT_RECORD = ("won", "takeable", "mismatch", "quick_commit")
+#: How long a finished claim is kept when the caller does not say (``claim_ttl_seconds``).
+DEFAULT_TTL = 7 * 24 * 3600.0
 
 
 class ClaimStore:
@@ -253,18 +128,25 @@ class ClaimStore:
 
     def acquire(self, key: str, *, task_name: str, task_id: str, owner: str,
                 payload_digest: str | None, lease_seconds: float,
-                retry_failed: bool = True, check_payload: bool = True) -> Acquired | None:
-        """Claim ``key`` in one statement. ``None``: someone else holds it."""
+                retry_failed: bool = True, check_payload: bool = True,
+                ttl_seconds: float = DEFAULT_TTL) -> Acquired | None:
+        """Claim ``key`` in one statement. ``None``: someone else holds it.
+
+        ``ttl_seconds``: how long the claim is kept once it finishes (its
+        expiry is set now, a lease and ``ttl_seconds`` ahead; see
+        :func:`celery_claim.sql.kept_until`)."""
         rows = self._run("acquire", "acquire", {
             "key": key, "task_name": task_name, "task_id": task_id, "owner": owner[:255],
             "payload_digest": payload_digest, "lease_seconds": lease_seconds,
             "retry_failed": retry_failed, "check_payload": check_payload,
+            "ttl_seconds": ttl_seconds,
         }).rows
         return Acquired(token=rows[0].token, attempt=rows[0].attempt) if rows else None
 
     def claim(self, key: str, *, task_name: str, task_id: str, owner: str,
               payload_digest: str | None, lease_seconds: float,
-              retry_failed: bool = True, check_payload: bool = True) -> Acquired | Lost | None:
+              retry_failed: bool = True, check_payload: bool = True,
+              ttl_seconds: float = DEFAULT_TTL) -> Acquired | Lost | None:
         """Claim ``key``, or count the duplicate and read the row it lost to, in
         one statement (on PostgreSQL).
 
@@ -275,6 +157,7 @@ class ClaimStore:
             "key": key, "task_name": task_name, "task_id": task_id, "owner": owner[:255],
             "payload_digest": payload_digest, "lease_seconds": lease_seconds,
             "retry_failed": retry_failed, "check_payload": check_payload,
+            "ttl_seconds": ttl_seconds,
         }
         if self.coalesced is not None:
             row = self.coalesced.claim(key, params, (retry_failed, check_payload))

@@ -42,6 +42,9 @@ class _Runtime:
         configured = (self.settings.engine is not None or self.settings.database_url is not None
                       or self.settings.django_database is not None)
         self.store = store_for(self.settings) if configured else None
+        #: The store's table was created (or found) and is current: checked
+        #: by the first claim, not by every one.
+        self.store_ready = False
         self._task = task
 
     @functools.cached_property

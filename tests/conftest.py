@@ -131,6 +131,7 @@ def _fresh_store(url: str, table: str) -> Iterator[ClaimStore]:
     _drop(url, table)
 
 
+
 @pytest.fixture
 def pg_store(database_url: str, table_name: str) -> Iterator[ClaimStore]:
     """A claim store on PostgreSQL with its own fresh table."""

@@ -198,10 +198,10 @@ def make_app(conf: Mapping[str, str]) -> Celery:
     def claim(n: int) -> int:
         return body(n)
 
-    if variant == "claim_cursor":  # this worker's claims decline the libpq session
-        from celery_claim.connectors._libpq import LibpqSession
+    if variant == "claim_cursor":  # this worker's claims go through psycopg's cursor
+        from celery_claim.connectors._psycopg import ProcessConnection
 
-        LibpqSession.execute = lambda *_: None  # type: ignore[method-assign]
+        ProcessConnection.use_libpq = False
 
     @app.task(shared=False, name="bench.claim_cursor", base=ClaimTask)
     def claim_cursor(n: int) -> int:

@@ -1,24 +1,23 @@
-"""The claim statements on psycopg's documented libpq layer (``psycopg.pq``).
+"""The claim statements on psycopg's documented lower layers: ``psycopg.pq``
+(libpq) for the round trip, ``psycopg.adapt.Transformer`` for the values.
 
-psycopg's cursor adapts every parameter through its dumpers, converts the
-query, keeps the cursor's state and loads the rows, in Python, for every
-call; for the claim's two short statements that is most of their client CPU.
-:class:`LibpqSession` does the same work for the few types the claim
-statements take, on the connection's own ``pgconn``:
+psycopg's cursor does, for every call, work the claim's short statements do
+not need: it converts the query, keeps the cursor's state, and decides per
+call how to prepare. :class:`LibpqSession` does only the rest, on the
+connection's own ``pgconn``:
 
-- parameters go as text (bytes in binary), with no declared types: the
-  server infers each from the statement, as it does for the cursor's
-  strings;
+- parameters are dumped by a ``Transformer`` on the connection's adapters
+  (psycopg's own dumpers, in C where psycopg has them): as text, which the
+  server reads by the type the statement gives each parameter, except bytes,
+  sent as they are in binary format;
 - each statement is prepared once per session under a name of its own, or
   sent unnamed where the engine turned prepared statements off
   (``prepare_threshold=None``, as for PgBouncer in transaction mode);
-- rows are loaded by the connection's own loaders (``connection.adapters``),
+- rows are loaded by the same ``Transformer`` with the connection's loaders,
   so they are the values the cursor gives;
 - the wait is a ``select`` on the connection's socket: a signal (a soft time
   limit, Ctrl-C) interrupts it, and a green-thread library that patched
   ``select`` gets its switch.
-
-Anything else (a list, a date, a JSON value) goes through the cursor.
 """
 
 from __future__ import annotations
@@ -42,112 +41,94 @@ _DUPLICATE_STATEMENT = b"42P05"
 
 
 class _Prepared:
-    """One statement as libpq takes it: numbered SQL and a name of its own."""
+    """One statement as libpq takes it: numbered SQL, a name of its own, and
+    the format each parameter is dumped in."""
 
-    __slots__ = ("name", "sql")
+    __slots__ = ("formats", "name", "order", "sql")
 
     def __init__(self, compiled: DriverStatement) -> None:
+        from psycopg.adapt import PyFormat
+
         numbers = {name: f"${i}" for i, name in enumerate(compiled.order, 1)}
         sql = _PLACEHOLDER.sub(lambda m: numbers[m.group(1)] if m.group(1) else "%",
                                compiled.sql)
         self.sql = sql.encode()
         self.name = b"celery_claim_" + compiled.name.encode() + b"_" + \
             hashlib.sha1(self.sql).hexdigest()[:12].encode()
+        self.order = compiled.order
+        self.formats = [PyFormat.BINARY if name in compiled.binary else PyFormat.TEXT
+                        for name in compiled.order]
 
 
 #: Each driver statement as libpq takes it, by name and text (built once).
 _PREPARED: dict[tuple[str, str], _Prepared] = {}
 
 
+def prepared(compiled: DriverStatement) -> _Prepared:
+    """``compiled`` as libpq takes it (built once per statement and text)."""
+    ident = (compiled.name, compiled.sql)
+    found = _PREPARED.get(ident)
+    if found is None:
+        found = _PREPARED[ident] = _Prepared(compiled)
+    return found
+
+
 class LibpqSession:
     """One autocommit psycopg connection, driven through ``psycopg.pq``."""
 
     def __init__(self, connection: Any) -> None:
-        from psycopg import Binary, pq
+        from psycopg import pq
+        from psycopg.adapt import Transformer
 
         self._pq = pq
-        self._binary = Binary  # what SQLAlchemy's LargeBinary hands psycopg
         self._connection = connection
         self._pgconn = connection.pgconn
         self._encoding: str = connection.info.encoding
         self._named = connection.prepare_threshold is not None
         self._made: set[bytes] = set()
-        self._loaders: dict[int, Callable[[Any], Any]] = {}
-        self._row_loaders: dict[Statement, list[Callable[[Any], Any]]] = {}
+        self._transformer = Transformer(connection)
         self._ok = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 
     def execute(self, statement: Statement, compiled: DriverStatement,
-                values: dict[str, Any]) -> Result | None:
-        """Run ``compiled`` with ``values``; ``None`` if a value needs the cursor."""
-        params: list[bytes | None] = []
-        formats: list[int] = []
-        encoding = self._encoding
-        for name in compiled.order:
-            value = values[name]
-            kind = type(value)
-            # The exact types by identity; subclasses and wrappers in _param.
-            if kind is str:
-                params.append(value.encode(encoding))
-                formats.append(0)
-            elif value is None:
-                params.append(None)
-                formats.append(0)
-            elif kind is bool:
-                params.append(b"t" if value else b"f")
-                formats.append(0)
-            elif kind is float or kind is int:
-                params.append(repr(value).encode())
-                formats.append(0)
-            elif kind is bytes:
-                params.append(value)
-                formats.append(1)
-            else:
-                param = self._param(value)
-                if param is None:
-                    return None
-                params.append(param[0])
-                formats.append(param[1])
-        ident = (compiled.name, compiled.sql)
-        prepared = _PREPARED.get(ident)
-        if prepared is None:
-            prepared = _PREPARED[ident] = _Prepared(compiled)
-        result = self._run(prepared, params, formats)
-        return self._rows(statement, result)
+                values: dict[str, Any]) -> Result:
+        """Run ``compiled`` with ``values`` (by the statement's own names)."""
+        plan = prepared(compiled)
+        transformer = self._transformer
+        params = transformer.dump_sequence([values[name] for name in plan.order], plan.formats)
+        result = self._run(plan, params, transformer.formats)
+        count = result.command_tuples
+        rowcount = count if count is not None else -1
+        if not result.nfields:
+            return Result([], rowcount)
+        make = statement.make_row
+        if make is None:  # the first time: the row type from the column names
+            import collections
 
-    def _param(self, value: Any) -> tuple[bytes, int] | None:
-        """A value of a subclass (or a binary wrapper) as libpq takes it; ``None``
-        if it needs the cursor's dumpers."""
-        if isinstance(value, str):
-            return value.encode(self._encoding), 0
-        if value is True or value is False:
-            return (b"t" if value else b"f"), 0
-        if isinstance(value, (int, float)):  # bools were taken just above
-            return repr(value).encode(), 0
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value), 1
-        if isinstance(value, self._binary):
-            return bytes(value.obj), 1
-        return None
+            names = [result.fname(i).decode(self._encoding) for i in range(result.nfields)]
+            row_type: Any = collections.namedtuple(  # type: ignore[misc]
+                f"{statement.name}_row", names)
+            make = statement.make_row = row_type._make
+        transformer.set_pgresult(result)
+        return Result(transformer.load_rows(0, result.ntuples, make), rowcount)
 
     # --- the round trip ----------------------------------------------------------
 
-    def _run(self, prepared: _Prepared, params: list[bytes | None],
-             formats: list[int]) -> Any:
+    def _run(self, plan: _Prepared, params: Any, formats: Any) -> Any:
         pgconn = self._pgconn
         if not self._named:
             return self._raise_for(self._send(
-                pgconn.send_query_params, prepared.sql, params, None, formats))
+                pgconn.send_query_params, plan.sql, params, None, formats))
         for attempt in (1, 2):
-            if prepared.name not in self._made:
-                made = self._send(pgconn.send_prepare, prepared.name, prepared.sql)
+            if plan.name not in self._made:
+                made = self._send(pgconn.send_prepare, plan.name, plan.sql)
                 if made.status not in self._ok and \
                         made.error_field(self._pq.DiagnosticField.SQLSTATE) != _DUPLICATE_STATEMENT:
                     self._raise_for(made)
-                self._made.add(prepared.name)
-            result = self._send(pgconn.send_query_prepared, prepared.name, params, formats)
+                self._made.add(plan.name)
+            result = self._send(pgconn.send_query_prepared, plan.name, params, formats)
             if attempt == 1 and result.status not in self._ok and \
                     result.error_field(self._pq.DiagnosticField.SQLSTATE) == _LOST_STATEMENT:
-                self._made.discard(prepared.name)  # the session lost it: make it again
+                self._made.discard(plan.name)  # the session lost it: make it again
                 continue
             return self._raise_for(result)
         raise AssertionError("unreachable")
@@ -194,40 +175,3 @@ class LibpqSession:
 
         detail = self._pgconn.error_message.decode(self._encoding, "replace").strip()
         return psycopg.OperationalError(detail or message)
-
-    # --- rows ----------------------------------------------------------------------
-
-    def _rows(self, statement: Statement, result: Any) -> Result:
-        count = result.command_tuples
-        rowcount = count if count is not None else -1
-        nfields = result.nfields
-        if not nfields:
-            return Result([], rowcount)
-        make = statement.make_row
-        if make is None:  # the first time: the row type from the column names
-            import collections
-
-            names = [result.fname(i).decode(self._encoding) for i in range(nfields)]
-            row_type: Any = collections.namedtuple(  # type: ignore[misc]
-                f"{statement.name}_row", names)
-            make = statement.make_row = row_type._make
-        loads = self._row_loaders.get(statement)
-        if loads is None or len(loads) != nfields:  # the types of a statement's columns are fixed
-            loads = self._row_loaders[statement] = [
-                self._loader(result.ftype(i)) for i in range(nfields)]
-        get = result.get_value
-        rows = []
-        columns = range(nfields)
-        for r in range(result.ntuples):
-            values = [get(r, c) for c in columns]
-            rows.append(make([None if data is None else load(data)
-                              for data, load in zip(values, loads, strict=True)]))
-        return Result(rows, rowcount)
-
-    def _loader(self, oid: int) -> Callable[[Any], Any]:
-        load = self._loaders.get(oid)
-        if load is None:
-            connection = self._connection
-            loader_class = connection.adapters.get_loader(oid, self._pq.Format.TEXT)
-            load = self._loaders[oid] = loader_class(oid, connection).load
-        return load

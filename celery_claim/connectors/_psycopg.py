@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from celery_claim.connectors._libpq import LibpqSession
 from celery_claim.connectors.base import Result, cursor_result
-from celery_claim.statements import Statement
+from celery_claim.statements import DriverStatement, Statement
 
 __all__ = ["LOCK_TIMEOUT_MS", "LibpqSession", "ProcessConnection"]
 
@@ -50,9 +50,12 @@ class ProcessConnection:
     for PgBouncer in transaction mode), and no SQLAlchemy work: no pool
     checkout, no isolation-level switch, no compiled-cache lookup, no result
     object. It goes through :class:`LibpqSession` (psycopg's documented
-    ``psycopg.pq`` layer) when its parameters are text, numbers, booleans,
-    bytes or ``None``, and through psycopg's cursor otherwise.
+    ``psycopg.pq`` and ``psycopg.adapt.Transformer`` layers).
     """
+
+    #: ``False``: every statement goes through psycopg's cursor (the
+    #: benchmarks compare both paths).
+    use_libpq = True
 
     def __init__(self, engine: sa.Engine, engine_for_process: Callable[[], sa.Engine],
                  *, session_setup: Callable[[Any], None] | None = None) -> None:
@@ -68,10 +71,8 @@ class ProcessConnection:
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._held: tuple[Any, Any, LibpqSession] | None = None
-        #: ``False``: every statement goes through psycopg's cursor (the
-        #: benchmarks compare both paths).
-        self.use_libpq = True
         self.dialect = engine.dialect
+        self._compiled: dict[Statement, DriverStatement] = {}
 
     def execute(self, statement: Statement, params: dict[str, Any]) -> Result:
         """Run ``statement`` on the process's connection, after the statement
@@ -94,14 +95,13 @@ class ProcessConnection:
     def _run(self, held: tuple[Any, Any, LibpqSession], statement: Statement,
              params: dict[str, Any], *, shared: bool) -> Result:
         connection, cursor, session = held
-        compiled = statement.driver(self.dialect)
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = statement.driver(self.dialect)
         try:
-            values = compiled.params(params)
             if self.use_libpq:
-                result = session.execute(statement, compiled, values)
-                if result is not None:
-                    return result
-            cursor.execute(compiled.sql, values, prepare=True)
+                return session.execute(statement, compiled, params)
+            cursor.execute(compiled.sql, compiled.params(params), prepare=True)
             return cursor_result(statement, cursor)
         except self._psycopg.errors.LockNotAvailable:
             raise

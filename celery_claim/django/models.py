@@ -1,8 +1,8 @@
 """The claims table as a Django model, for the admin and for queries.
 
 The table is the one ``celery-claim schema`` creates (:func:`celery_claim.sql.make_table`):
-same name, columns, indexes and check constraint; its migration runs that DDL
-(see ``migrations/0001_initial.py``). Rows change only through the claim
+same name, columns and index; its migration runs that DDL (see
+``migrations/0001_initial.py``). Rows change only through the claim
 store's fenced statements, never through this model: the admin shows them
 read-only and releases them through :meth:`celery_claim.ClaimStore.force_release`.
 """
@@ -16,35 +16,26 @@ from django.db import models
 from celery_claim import sql
 from celery_claim.django import conf
 
-__all__ = ["Claim", "check_constraint"]
+__all__ = ["Claim"]
 
 STATE_CHOICES = [(state, state) for state in sql.STATES]
-
-
-def check_constraint(table: str) -> models.CheckConstraint:
-    """The table's check on ``state`` (named as :func:`~celery_claim.sql.make_table` names it)."""
-    condition = models.Q(state__in=sql.STATES)
-    try:
-        return models.CheckConstraint(condition=condition, name=f"{table}_state_check")
-    except TypeError:  # Django before 5.1 calls it check=
-        return models.CheckConstraint(check=condition, name=f"{table}_state_check")
 
 
 class Claim(models.Model):  # type: ignore[misc]
     """One claim: a key, its state, and the fencing token of its last acquisition."""
 
-    key = models.CharField(max_length=sql.MAX_KEY_LENGTH, primary_key=True)
-    state = models.CharField(max_length=16, choices=STATE_CHOICES)
+    key = models.TextField(primary_key=True)
+    state = models.TextField(choices=STATE_CHOICES)
     token = models.BigIntegerField()
-    task_name = models.CharField(max_length=255)
-    task_id = models.CharField(max_length=255)
+    task_name = models.TextField()
+    task_id = models.TextField()
     attempt = models.IntegerField()
-    owner = models.CharField(max_length=255)
-    payload_digest = models.CharField(max_length=64, null=True)
+    owner = models.TextField()
+    payload_digest = models.TextField(null=True)
     #: The result as the app's result serializer encoded it (celery_claim.results).
     result = models.BinaryField(null=True)
-    result_content_type = models.CharField(max_length=128, null=True)
-    result_content_encoding = models.CharField(max_length=32, null=True)
+    result_content_type = models.TextField(null=True)
+    result_content_encoding = models.TextField(null=True)
     error = models.TextField(null=True)
     duplicates = models.IntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True)
@@ -55,10 +46,9 @@ class Claim(models.Model):  # type: ignore[misc]
 
     class Meta:
         db_table = conf.table_name()
-        # The two partial indexes (expires_at, and lease_expires_at of running
-        # rows) are created by the migration with the names make_table gives
-        # them; Django's index names are limited to 30 characters.
-        constraints = [check_constraint(conf.table_name())]
+        # The purge's partial index (expires_at) is created by the migrations
+        # with the name make_table gives it; Django's index names are limited
+        # to 30 characters.
         ordering = ["key"]
         verbose_name = "claim"
         verbose_name_plural = "claims"

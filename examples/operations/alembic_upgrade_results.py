@@ -1,4 +1,4 @@
-"""Alembic: the claims table's result columns of release 0.2, as a migration step.
+"""Alembic: the claims table of release 0.1 brought to release 0.2, as a migration step.
 
 Call it from a migration's ``upgrade()``, as ``celery-claim schema --upgrade``
 would do it (PostgreSQL):
@@ -7,6 +7,7 @@ would do it (PostgreSQL):
 
     def upgrade() -> None:
         upgrade_claim_results(op)
+        upgrade_claims_table(op)
 """
 
 from __future__ import annotations
@@ -15,13 +16,25 @@ from typing import Any
 
 import sqlalchemy as sa
 
+#: The columns release 0.1 made VARCHAR(n); they are TEXT now.
+TEXT_COLUMNS = ("key", "state", "task_name", "task_id", "owner", "payload_digest")
+
 
 def upgrade_claim_results(op: Any, table: str = "celery_claims") -> None:
     """Results as the serializer's bytes with their content type (was JSONB)."""
-    op.add_column(table, sa.Column("result_content_type", sa.String(128)))
-    op.add_column(table, sa.Column("result_content_encoding", sa.String(32)))
+    op.add_column(table, sa.Column("result_content_type", sa.Text()))
+    op.add_column(table, sa.Column("result_content_encoding", sa.Text()))
     op.alter_column(table, "result", type_=sa.LargeBinary(),
                     postgresql_using="convert_to(result::text, 'UTF8')")
     op.execute(sa.text(
         f"UPDATE {table} SET result_content_type = 'application/json', "  # noqa: S608
         "result_content_encoding = 'utf-8' WHERE result IS NOT NULL"))
+
+
+def upgrade_claims_table(op: Any, table: str = "celery_claims") -> None:
+    """TEXT columns, no check on ``state``, no index on running leases: each
+    cost every claim some database CPU (no row changes, no table rewrite)."""
+    for column in TEXT_COLUMNS:
+        op.alter_column(table, column, type_=sa.Text())
+    op.drop_constraint(f"{table}_state_check", table, type_="check")
+    op.drop_index(f"{table}_running_lease_idx", table_name=table)

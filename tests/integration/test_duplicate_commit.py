@@ -25,7 +25,7 @@ pytestmark = pytest.mark.postgres
 DIALECT = driver_dialect("psycopg")
 CLAIM = {"task_name": "t.charge", "task_id": "id-1", "owner": "w/1",
          "payload_digest": "d" * 64, "lease_seconds": 30.0, "retry_failed": False,
-         "check_payload": True}
+         "check_payload": True, "ttl_seconds": 3600.0}
 
 
 @pytest.fixture

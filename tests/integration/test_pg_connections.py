@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from support.stores import store_on_engine
 
 from celery_claim import ClaimStore, ClaimStoreRefused, ClaimStoreUnavailable
 from celery_claim.testing import wait_for
@@ -102,35 +103,46 @@ def _records(store: ClaimStore, prefix: str) -> list[tuple[object, ...]]:
 def test_the_libpq_path_answers_what_psycopgs_cursor_answers(
         pg_store: ClaimStore, monkeypatch: pytest.MonkeyPatch) -> None:
     from celery_claim.connectors._libpq import LibpqSession
+    from celery_claim.connectors._psycopg import ProcessConnection
 
     sent: list[str] = []
     run = LibpqSession.execute
 
     def counted(self: LibpqSession, statement: Any, *args: Any) -> Any:
-        result = run(self, statement, *args)
-        sent.append(statement.name if result is not None else f"cursor:{statement.name}")
-        return result
+        sent.append(statement.name)
+        return run(self, statement, *args)
 
     monkeypatch.setattr(LibpqSession, "execute", counted)
     through_libpq = _records(pg_store, "pq")
     assert sent
-    assert not [name for name in sent if name.startswith("cursor:")], sent
-    monkeypatch.setattr(LibpqSession, "execute", lambda *_: None)
+    monkeypatch.setattr(ProcessConnection, "use_libpq", False)
+    sent.clear()
     through_cursor = _records(pg_store, "cursor")
+    assert not sent
     assert through_libpq == through_cursor
     assert through_libpq[1][8] == b"\x00\xffbytes"
 
 
-def test_values_libpq_is_not_given_are_left_to_the_cursor(pg_store: ClaimStore) -> None:
-    # Arrays (the heartbeat's renewal): the session declines, the cursor adapts them.
+def test_arrays_and_bytes_go_through_the_session_as_through_the_cursor(
+        pg_store: ClaimStore) -> None:
+    # The heartbeat's renewal takes arrays; a completion, bytes (binary format).
     from celery_claim.connectors._libpq import LibpqSession
 
     won = _acquire(pg_store, "k")
-    statement = pg_store.statements.get("renew")
-    compiled = statement.driver(pg_store.engine.dialect)
-    values = compiled.params({"keys": ["k"], "tokens": [won.token], "lease_seconds": 60})
-    assert LibpqSession(_session(pg_store)).execute(statement, compiled, values) is None
-    assert pg_store.renew([("k", won.token), ("gone", 1)], lease_seconds=60) == {("k", won.token)}
+    session = LibpqSession(_session(pg_store))
+    renew = pg_store.statements.get("renew")
+    compiled = renew.driver(pg_store.engine.dialect)
+    result = session.execute(renew, compiled, {"keys": ["k", "gone"], "tokens": [won.token, 1],
+                                                "lease_seconds": 60})
+    assert [(row.key, row.token) for row in result.rows] == [("k", won.token)]
+    complete = pg_store.statements.get("complete_with_result")
+    compiled = complete.driver(pg_store.engine.dialect)
+    result = session.execute(complete, compiled, {
+        "key": "k", "token": won.token, "state": "succeeded", "error": None,
+        "ttl_seconds": 60.0, "result": b"\x00\\x\xff", "result_content_type": "application/data",
+        "result_content_encoding": "binary"})
+    assert result.rowcount == 1
+    assert pg_store.get("k").stored_result.payload == b"\x00\\x\xff"  # type: ignore[union-attr]
 
 
 def test_hot_statements_are_prepared_once_per_session(pg_store: ClaimStore) -> None:
@@ -186,10 +198,11 @@ def test_a_terminated_connection_is_replaced_once(pg_store: ClaimStore,
 def test_database_refusals_are_not_transient(pg_store: ClaimStore) -> None:
     assert _acquire(pg_store, "first") is not None
     pid = _session(pg_store).info.backend_pid
-    with pytest.raises(ClaimStoreRefused) as caught:
-        _acquire(pg_store, "k" * 600)  # longer than the key column
+    with pytest.raises(ClaimStoreRefused) as caught:  # a lease past the calendar's end
+        pg_store.acquire("k", task_name="t", task_id="t1", owner="w", payload_digest=None,
+                         lease_seconds=1e15)
     assert caught.value.transient is False
-    assert "too long" in str(caught.value)
+    assert "out of range" in str(caught.value)
     assert caught.value.__cause__ is not None
     assert _acquire(pg_store, "ok") is not None  # the connection is still good
     assert _session(pg_store).info.backend_pid == pid
@@ -209,13 +222,7 @@ def test_an_unreachable_database_is_transient(table_name: str) -> None:
 @pytest.fixture
 def unprepared_store(database_url: str, table_name: str) -> Iterator[ClaimStore]:
     # As the docs advise behind PgBouncer in transaction mode.
-    engine = sa.create_engine(database_url, connect_args={"prepare_threshold": None})
-    store = ClaimStore(engine=engine, table=table_name)
-    store.create_schema()
-    yield store
-    store.drop_schema()
-    store.dispose()
-    engine.dispose()
+    yield from store_on_engine(database_url, table_name, prepare_threshold=None)
 
 
 def test_without_prepared_statements_nothing_is_prepared(unprepared_store: ClaimStore) -> None:

@@ -27,7 +27,7 @@ ROOMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # They read two constants of sql: the key length limit and the table name rule.
     "settings": (("settings", "keys"), ("sql", "floor")),
     "connector": (("connectors",), ("sql", "floor")),
-    "store": (("store", "coalesce", "upgrade"), ("connector", "sql", "floor")),
+    "store": (("store", "records", "coalesce", "upgrade"), ("connector", "sql", "floor")),
     # lease is here, not below the store: its heartbeat renews through the store.
     "lifecycle": (("lifecycle", "claim", "lease", "recovery", "reporting", "callbacks"),
                   ("store", "connector", "settings", "sql", "floor")),

@@ -79,11 +79,11 @@ class Job:
         assert record is not None
         return record
 
-    def hold(self, n: int = 1, task_id: str = "elsewhere") -> int:
+    def hold(self, n: int = 1, task_id: str = "elsewhere", **options: Any) -> int:
         """Another worker acquires the key (its body is running meanwhile)."""
         won = self.store.acquire(f"job:{n}", task_name=self.task.name, task_id=task_id,
                                  owner="other-worker/1", payload_digest=None,
-                                 lease_seconds=LEASE)
+                                 lease_seconds=LEASE, **options)
         assert won is not None
         return won.token
 
@@ -96,7 +96,10 @@ def test_first_delivery_runs_the_body_and_stores_the_result(app: Celery, clock: 
     assert (record.state, record.token, record.attempt, record.result) == ("succeeded", 1, 1, 7)
     assert record.lease_expires_at is None
     assert record.finished_at is not None
-    assert record.expires_at == record.finished_at + datetime.timedelta(seconds=TTL)
+    # Finished within its first lease: kept until that lease's end plus the
+    # TTL, the expiry its acquire set (the completion leaves it, a HOT update).
+    assert record.expires_at == record.created_at + datetime.timedelta(seconds=LEASE + TTL)
+    assert record.expires_at - record.finished_at <= datetime.timedelta(seconds=LEASE + TTL)
 
 
 def test_a_duplicate_while_the_holder_runs_does_not_run(app: Celery, clock: Clock) -> None:
@@ -228,7 +231,7 @@ def test_expired_claims_are_purged_and_start_again(app: Celery, clock: Clock) ->
     job = Job(app, clock)
     job.apply(1).get()
     job.apply(2).get()
-    clock.advance(TTL - 1)
+    clock.advance(LEASE + TTL - 1)  # finished at once: kept until the first lease's end + TTL
     assert job.store.purge() == 0
     assert job.apply(1).get() == 1  # still a duplicate
     clock.advance(2)
@@ -248,3 +251,85 @@ def test_renewal_extends_only_the_leases_still_held(app: Celery, clock: Clock) -
     clock.advance(2)
     assert job.record(1).is_live
     assert job.record(2).is_stale
+
+
+# --- retention: what expires_at becomes --------------------------------------------
+
+
+def _seconds(later: datetime.datetime | None, earlier: datetime.datetime | None) -> float:
+    assert later is not None
+    assert earlier is not None
+    return (later - earlier).total_seconds()
+
+
+def test_a_claim_that_outlives_its_first_lease_is_kept_ttl_after_it_finished(
+        app: Celery, clock: Clock) -> None:
+    job = Job(app, clock)
+    token = job.hold(ttl_seconds=TTL)
+    clock.advance(LEASE - 1)
+    assert job.store.renew([("job:1", token)], LEASE) == {("job:1", token)}
+    clock.advance(LEASE - 1)  # past the first lease's end, within the renewed one
+    assert job.store.complete("job:1", token, result=1, has_result=True, ttl_seconds=TTL)
+    record = job.record()
+    assert _seconds(record.expires_at, record.finished_at) == pytest.approx(TTL, abs=0.01)
+
+
+def test_a_completion_asking_a_shorter_ttl_than_its_acquire_gets_it(
+        app: Celery, clock: Clock) -> None:
+    # The acquire's expiry stands only if it keeps the claim between ttl and
+    # ttl plus the rest of the lease: a completion's own ttl is never cut or
+    # stretched by more than that.
+    job = Job(app, clock)
+    token = job.hold(ttl_seconds=TTL)
+    assert job.store.complete("job:1", token, ttl_seconds=0.0)
+    record = job.record()
+    assert record.expires_at == record.finished_at
+    clock.advance(0.01)
+    assert job.store.purge() == 1
+
+
+def test_a_release_keeps_the_claim_by_the_same_rule(app: Celery, clock: Clock) -> None:
+    job = Job(app, clock)
+    token = job.hold(ttl_seconds=TTL)
+    assert job.store.release("job:1", token, ttl_seconds=TTL)
+    record = job.record()
+    assert _seconds(record.expires_at, record.created_at) == pytest.approx(LEASE + TTL, abs=0.01)
+
+
+def test_a_running_claim_never_expires_only_its_lease_lapses(app: Celery, clock: Clock) -> None:
+    # Its expiry was set at acquire (lease + ttl ahead); a holder that keeps
+    # renewing runs past it, and still holds the claim.
+    job = Job(app, clock)
+    token = job.hold(ttl_seconds=1.0)
+    for _ in range(3):
+        clock.advance(LEASE - 1)
+        assert job.store.renew([("job:1", token)], LEASE) == {("job:1", token)}
+    record = job.record()
+    assert record.expires_at is not None
+    assert record.expires_at < record.db_now
+    assert record.is_live
+    assert not record.is_expired
+    with pytest.raises(ClaimInProgress):
+        job.apply().get()
+    assert job.ran == []
+    assert job.store.purge() == 0
+
+
+def test_the_default_key_stores_no_digest_and_a_business_key_does(
+        app: Celery, clock: Clock) -> None:
+    # A key made of the task id names one message: other arguments under it
+    # are a retry of that message, which the payload check lets through anyway.
+    job = Job(app, clock)
+    assert job.apply(3).get() == 3
+    assert job.record(3).payload_digest is not None
+
+    @app.task(base=ClaimTask, bind=True, shared=False)
+    def by_message(self: ClaimTask, n: int) -> int:
+        return n
+
+    by_message.claim_store.connector.clock = clock  # type: ignore[attr-defined]
+    outcome = by_message.apply((4,))
+    assert outcome.get() == 4
+    record = by_message.claim_store.get(f"{by_message.name}:{outcome.id}")
+    assert record is not None
+    assert record.payload_digest is None

@@ -111,3 +111,61 @@ def test_accepted_content_follows_the_backend_precedence() -> None:
     app.conf.result_accept_content = ["msgpack"]
     assert results.accept_of(app.conf) == {"application/x-msgpack"}
     app.close()
+
+
+def _plain_values(seed: int, count: int) -> list[Any]:
+    """Values the json fast path writes itself, and neighbours it must leave to kombu."""
+    import random
+
+    rng = random.Random(seed)
+
+    def scalar() -> Any:
+        return rng.choice([
+            rng.randrange(-10**20, 10**20), rng.random(), rng.choice([True, False, None]),
+            "".join(chr(rng.randrange(0x2FFF)) for _ in range(rng.randrange(6))),
+            rng.choice([-0.0, 1e300, float("inf"), float("-inf"), float("nan")])])
+
+    def value() -> Any:
+        kind = rng.randrange(6)
+        if kind == 0:
+            return {str(scalar()): scalar() for _ in range(rng.randrange(4))}
+        if kind == 1:
+            return [scalar() for _ in range(rng.randrange(4))]
+        if kind == 2:
+            return tuple(scalar() for _ in range(rng.randrange(4)))
+        if kind == 3:  # one level deeper, or a key that is not str: kombu's own path
+            return rng.choice([{"n": [scalar()]}, [[scalar()]], {1: scalar()}, (DATE,)])
+        return scalar()
+
+    return [value() for _ in range(count)]
+
+
+def test_plain_json_results_are_written_as_kombu_writes_them() -> None:
+    # Results of plain values skip kombu's encoder; the bytes must not change.
+    for value in _plain_values(seed=12, count=5000):
+        content_type, encoding, data = serialization.dumps(value, serializer="json")
+        encoded = results.encode(value, "json")
+        assert (encoded.payload, encoded.content_type, encoded.content_encoding) == (
+            data.encode(encoding), content_type, encoding), value
+
+
+def test_an_application_json_serializer_keeps_its_own_bytes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A json serializer registered by the application (compact separators
+    # here): the plain-value path stands aside, and kombu's bytes are stored.
+    import json
+
+    from kombu.utils import json as kombu_json
+
+    def compact(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    results._kombu_json_is_standard.cache_clear()
+    serialization.register("json", compact, kombu_json.loads, "application/json", "utf-8")
+    try:
+        assert results.encode({"a": 1, "b": "x"}, "json").payload == b'{"a":1,"b":"x"}'
+    finally:
+        serialization.register("json", kombu_json.dumps, kombu_json.loads, "application/json",
+                               "utf-8")
+        results._kombu_json_is_standard.cache_clear()
+    assert results.encode({"a": 1, "b": "x"}, "json").payload == b'{"a": 1, "b": "x"}'

@@ -1,9 +1,9 @@
 """The claims table, as ``celery-claim schema`` creates it.
 
-On PostgreSQL the table, its check constraint and its two partial indexes
-are created by the DDL below, so the table is the one
-:func:`celery_claim.sql.make_table` describes (a test compares the two in
-PostgreSQL's catalog). On other databases Django creates the model's table.
+On PostgreSQL the table and its partial index are created by the DDL below,
+so the table is the one :func:`celery_claim.sql.make_table` describes (a
+test compares the two in PostgreSQL's catalog). On other databases Django
+creates the model's table.
 
 As for any app, the table is created on the database ``migrate`` runs on
 (``--database``, default ``"default"``) where the project's routers allow
@@ -11,7 +11,8 @@ the ``celery_claim`` app (:class:`celery_claim.django.routers.ClaimRouter`
 allows it on the claim's alias only). A table that already
 exists (made by ``celery-claim schema --apply``, by a worker with
 ``claim_create_schema``, or by Alembic) is adopted with
-``manage.py migrate celery_claim --fake-initial``.
+``manage.py migrate celery_claim --fake-initial``; one made by an earlier
+release is then brought up to date with ``celery-claim schema --upgrade``.
 """
 
 from __future__ import annotations
@@ -21,24 +22,24 @@ from typing import Any
 from django.db import migrations, models
 
 from celery_claim.django import conf
-from celery_claim.django.models import STATE_CHOICES, check_constraint
+from celery_claim.django.models import STATE_CHOICES
 
 TABLE = conf.table_name()
 
 #: The DDL of ``celery-claim schema`` (PostgreSQL), with the table's name as {table}.
 POSTGRESQL_DDL = (
     """CREATE TABLE "{table}" (
-    key VARCHAR(512) NOT NULL,
-    state VARCHAR(16) NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
     token BIGINT NOT NULL,
-    task_name VARCHAR(255) NOT NULL,
-    task_id VARCHAR(255) NOT NULL,
+    task_name TEXT NOT NULL,
+    task_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
-    owner VARCHAR(255) NOT NULL,
-    payload_digest VARCHAR(64),
+    owner TEXT NOT NULL,
+    payload_digest TEXT,
     result BYTEA,
-    result_content_type VARCHAR(128),
-    result_content_encoding VARCHAR(32),
+    result_content_type TEXT,
+    result_content_encoding TEXT,
     error TEXT,
     duplicates INTEGER DEFAULT '0' NOT NULL,
     lease_expires_at TIMESTAMP WITH TIME ZONE,
@@ -46,14 +47,10 @@ POSTGRESQL_DDL = (
     updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
     finished_at TIMESTAMP WITH TIME ZONE,
     expires_at TIMESTAMP WITH TIME ZONE,
-    PRIMARY KEY (key),
-    CONSTRAINT "{table}_state_check"
-        CHECK (state IN ('running', 'succeeded', 'failed', 'released'))
+    PRIMARY KEY (key)
 )""",
     """CREATE INDEX "{table}_expires_idx" ON "{table}" (expires_at)
     WHERE expires_at IS NOT NULL""",
-    """CREATE INDEX "{table}_running_lease_idx" ON "{table}" (lease_expires_at)
-    WHERE state = 'running'""",
 )
 
 
@@ -99,17 +96,17 @@ class Migration(migrations.Migration):  # type: ignore[misc]
         CreateClaimsTable(
             name="Claim",
             fields=[
-                ("key", models.CharField(max_length=512, primary_key=True, serialize=False)),
-                ("state", models.CharField(choices=STATE_CHOICES, max_length=16)),
+                ("key", models.TextField(primary_key=True, serialize=False)),
+                ("state", models.TextField(choices=STATE_CHOICES)),
                 ("token", models.BigIntegerField()),
-                ("task_name", models.CharField(max_length=255)),
-                ("task_id", models.CharField(max_length=255)),
+                ("task_name", models.TextField()),
+                ("task_id", models.TextField()),
                 ("attempt", models.IntegerField()),
-                ("owner", models.CharField(max_length=255)),
-                ("payload_digest", models.CharField(max_length=64, null=True)),
+                ("owner", models.TextField()),
+                ("payload_digest", models.TextField(null=True)),
                 ("result", models.BinaryField(null=True)),
-                ("result_content_type", models.CharField(max_length=128, null=True)),
-                ("result_content_encoding", models.CharField(max_length=32, null=True)),
+                ("result_content_type", models.TextField(null=True)),
+                ("result_content_encoding", models.TextField(null=True)),
                 ("error", models.TextField(null=True)),
                 ("duplicates", models.IntegerField(default=0)),
                 ("lease_expires_at", models.DateTimeField(null=True)),
@@ -123,7 +120,6 @@ class Migration(migrations.Migration):  # type: ignore[misc]
                 "ordering": ["key"],
                 "verbose_name": "claim",
                 "verbose_name_plural": "claims",
-                "constraints": [check_constraint(TABLE)],
             },
         ),
     ]

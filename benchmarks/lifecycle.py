@@ -1,0 +1,211 @@
+"""The claim's Python, per task, without the database's share: Celery's tracer
+runs each task as a worker's pool process does, with the two round trips to
+PostgreSQL replaced by the replies PostgreSQL gave to the same statements.
+
+    python -m benchmarks.lifecycle                      # CPU per task (min of repeats)
+    python -m benchmarks.lifecycle --instructions       # instructions per task (valgrind)
+    python -m benchmarks.lifecycle --tree ../before     # another checkout's celery_claim
+    python -m benchmarks.lifecycle --without encode,heartbeat   # one cost taken away
+
+What is left is what the package itself costs a worker per task: the key,
+the statements' parameters and rows, the result's encoding, the heartbeat,
+signals and logs, the life cycle's own logic. The round trips themselves
+(sending, waiting, reading: the same two for the floor) are not in it.
+
+``--instructions`` runs the loop under ``valgrind --tool=callgrind`` twice,
+with two numbers of tasks, and divides the difference: instructions per
+task, the same from run to run on one machine, whatever else it is doing
+(CPU time moves with the machine's load). ``--without`` replaces named parts
+with nothing, to measure what each costs (it breaks the semantics, so only
+here): ``report`` (signals and log lines), ``pin`` (callback ids),
+``encode`` (the result's encoding), ``store`` (both statements, whole),
+``heartbeat`` (holding and dropping the lease).
+
+Needs PostgreSQL (``--database-url``) once, to record the replies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_URL = os.environ.get("CELERY_CLAIM_TEST_DATABASE_URL",
+                             "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+#: Each variant: (task name, what it is).
+VARIANTS = {
+    "plain": "plain task, acks_late (Celery's tracer alone)",
+    "claim": "ClaimTask, default key",
+    "claim_key": "ClaimTask, business key 'order:{n}'",
+}
+PARTS = ("report", "pin", "encode", "store", "heartbeat")
+
+
+def _tracers(database_url: str, without: set[str]) -> dict[str, Callable[[str, int], Any]]:
+    """A tracer per variant, with the round trips replaced (imports the package)."""
+    from celery import Celery
+    from celery.app.trace import build_tracer
+
+    from celery_claim import ClaimTask, callbacks, reporting, results
+    from celery_claim.connectors import _libpq
+    from celery_claim.lease import heartbeat
+
+    app = Celery("lifecycle", broker="memory://", set_as_current=False)
+    app.conf.update(task_ignore_result=True, claim_database_url=database_url,
+                    claim_table=f"bench_lifecycle_{uuid.uuid4().hex[:8]}")
+
+    @app.task(shared=False, name="plain", acks_late=True)
+    def plain(n: int) -> int:
+        return n
+
+    @app.task(shared=False, name="claim", base=ClaimTask)
+    def claim(n: int) -> int:
+        return n
+
+    @app.task(shared=False, name="claim_key", base=ClaimTask, claim_key="order:{n}")
+    def claim_key(n: int) -> int:
+        return n
+
+    app.finalize()
+    store = app.tasks["claim"].claim_store
+    store.one_task_at_a_time()  # as a prefork or solo worker does
+    tracers = {name: build_tracer(name, app.tasks[name], hostname="bench@host", app=app)
+               for name in VARIANTS}
+
+    def request(task_id: str, name: str, n: int) -> dict[str, Any]:
+        return {"id": task_id, "task": name, "hostname": "bench@host", "args": (n,),
+                "kwargs": {}, "retries": 0, "headers": {}, "is_eager": False,
+                "delivery_info": {"exchange": "", "routing_key": "q", "priority": 0,
+                                  "redelivered": False}}
+
+    # Record PostgreSQL's reply to each statement once, then answer with it.
+    replies: dict[bytes, Any] = {}
+    run = _libpq.LibpqSession._run
+
+    def recording(self: Any, plan: Any, params: Any, formats: Any) -> Any:
+        result = replies[plan.name] = run(self, plan, params, formats)
+        return result
+
+    _libpq.LibpqSession._run = recording  # type: ignore[method-assign]
+    try:
+        for name in ("claim", "claim_key"):
+            task_id = str(uuid.uuid4())
+            tracers[name](task_id, (1,), {}, request(task_id, name, 1))
+    finally:
+        store.drop_schema()
+    _libpq.LibpqSession._run = (  # type: ignore[method-assign]
+        lambda self, plan, params, formats: replies[plan.name])
+
+    if "report" in without:
+        reporting.acquired = reporting.completed = lambda *a, **k: None  # type: ignore[assignment]
+    if "pin" in without:
+        callbacks.pin_callback_ids = lambda *a, **k: None  # type: ignore[assignment]
+    if "encode" in without:
+        encoded = results.encode(1, "json")
+        results.encode = lambda value, serializer: encoded  # type: ignore[assignment]
+    if "store" in without:
+        from celery_claim.store import Acquired
+
+        store.claim = lambda *a, **k: Acquired(1, 1)  # type: ignore[method-assign]
+        store.complete = lambda *a, **k: True  # type: ignore[method-assign]
+    if "heartbeat" in without:
+        heartbeat.hold = heartbeat.drop = lambda claim: None  # type: ignore[method-assign]
+
+    def one(name: str) -> Callable[[str, int], Any]:
+        trace = tracers[name]
+        return lambda task_id, n: trace(task_id, (n,), {}, request(task_id, name, n))
+
+    return {name: one(name) for name in VARIANTS}
+
+
+def _loop(database_url: str, variant: str, tasks: int, without: set[str]) -> None:
+    one = _tracers(database_url, without)[variant]
+    ids = [str(uuid.uuid4()) for _ in range(tasks)]
+    for i, task_id in enumerate(ids):
+        one(task_id, i)
+
+
+def cpu(database_url: str, *, tasks: int = 2000, repeats: int = 15,
+        without: frozenset[str] = frozenset()) -> dict[str, float]:
+    """CPU microseconds per task, each variant's least over ``repeats``
+    interleaved chunks of ``tasks`` (the machine's noise only adds)."""
+    tracers = _tracers(database_url, set(without))
+    best: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(repeats):
+        for name, one in tracers.items():
+            ids = [str(uuid.uuid4()) for _ in range(tasks)]
+            started = time.process_time()
+            for i, task_id in enumerate(ids):
+                one(task_id, i)
+            best[name].append(1e6 * (time.process_time() - started) / tasks)
+    return {name: min(values) for name, values in best.items()}
+
+
+def instructions(database_url: str, variant: str, *, tree: str | None = None,
+                 without: frozenset[str] = frozenset(),
+                 counts: tuple[int, int] = (200, 1200)) -> int:
+    """Instructions per task of ``variant`` under callgrind (the difference of
+    two runs, so the start-up cancels out)."""
+    collected = []
+    for tasks in counts:
+        command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                   sys.executable, "-m", "benchmarks.lifecycle", "--loop", variant,
+                   "--tasks", str(tasks), "--database-url", database_url,
+                   "--without", ",".join(sorted(without))]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        if tree:
+            env["PYTHONPATH"] = os.pathsep.join([tree, os.getcwd()])
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+        line = next(line for line in done.stderr.splitlines() if "Collected" in line)
+        collected.append(int(line.split()[-1]))
+    return (collected[1] - collected[0]) // (counts[1] - counts[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--tree", default=None,
+                        help="a checkout whose celery_claim to measure (its parent directory)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="instructions per task under valgrind, instead of CPU time")
+    parser.add_argument("--without", default="",
+                        help=f"parts to replace with nothing: {', '.join(PARTS)}")
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--loop", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    without = frozenset(part for part in args.without.split(",") if part)
+    unknown = without - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+    if args.tree and not args.instructions and args.loop is None:
+        sys.path.insert(0, args.tree)
+    if args.loop is not None:  # one run under valgrind
+        _loop(args.database_url, args.loop, args.tasks, without)
+        return
+    if args.instructions:
+        counts: dict[str, float] = {
+            name: instructions(args.database_url, name, tree=args.tree, without=without)
+            for name in VARIANTS}
+        unit = "instructions per task"
+    else:
+        counts = cpu(args.database_url, tasks=args.tasks, repeats=args.repeats, without=without)
+        unit = "CPU us per task (least of the repeats)"
+    import celery_claim
+
+    base = counts["plain"]
+    print(f"celery_claim from {os.path.dirname(celery_claim.__file__)}"
+          + (f", without {', '.join(sorted(without))}" if without else ""))
+    print(f"| variant | {unit} | beyond the plain task |")
+    print("|---|---|---|")
+    for name, value in counts.items():
+        print(f"| {name} ({VARIANTS[name]}) | {value:,.1f} | {value - base:+,.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The claims table on PostgreSQL: completions that write no index entry, the
+row a duplicate lost to read back whole from the claim statement, and a
+table of the earlier shape brought up to date."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from support.stores import store_on_engine
+
+from celery_claim import ClaimStore, results, upgrade
+from celery_claim.store import Acquired, Lost
+
+pytestmark = pytest.mark.postgres
+
+CLAIM = {"task_name": "t.charge", "owner": "w/1", "payload_digest": "d" * 64,
+         "lease_seconds": 30.0, "ttl_seconds": 3600.0}
+
+
+def _hot_and_all_updates(store: ClaimStore, engine: sa.Engine) -> tuple[int, int]:
+    # A backend reports its table statistics at the end of a transaction, at
+    # most once a second: one more statement of the store's, a second later.
+    time.sleep(1.1)
+    store.get("-")
+    with engine.connect() as conn:
+        hot, updates = conn.execute(sa.text(
+            "SELECT n_tup_hot_upd, n_tup_upd FROM pg_stat_user_tables WHERE relname = :t"),
+            {"t": store.table_name}).one()
+    return int(hot), int(updates)
+
+
+def test_completions_and_releases_within_the_first_lease_are_hot_updates(
+        pg_store: ClaimStore, database_url: str) -> None:
+    engine = sa.create_engine(database_url)
+    try:
+        for i in range(60):
+            won = pg_store.acquire(f"k{i}", task_id=f"t{i}", **CLAIM)
+            assert won is not None
+            if i % 3:
+                assert pg_store.complete(f"k{i}", won.token, result=i, has_result=True,
+                                         ttl_seconds=3600.0)
+            else:
+                assert pg_store.release(f"k{i}", won.token, ttl_seconds=3600.0)
+        hot, updates = _hot_and_all_updates(pg_store, engine)
+        assert updates == 60
+        # No index entry written, but where a page had no room left for the
+        # new version (a page boundary now and then).
+        assert hot >= 56
+        # The control: with an index on running leases, as the previous table had,
+        # no completion can be a HOT update.
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                f'CREATE INDEX "{pg_store.table_name}_lease" ON "{pg_store.table_name}" '
+                "(lease_expires_at) WHERE state = 'running'"))
+        for i in range(60, 90):
+            won = pg_store.acquire(f"k{i}", task_id=f"t{i}", **CLAIM)
+            assert won is not None
+            assert pg_store.complete(f"k{i}", won.token, ttl_seconds=3600.0)
+        hot_before = hot
+        hot, updates = _hot_and_all_updates(pg_store, engine)
+        assert (hot, updates) == (hot_before, 90)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["UTC", "Asia/Kolkata+escape"])
+def session_store(request: pytest.FixtureRequest, database_url: str,
+                  table_name: str) -> Iterator[ClaimStore]:
+    """A store whose connections have their own time zone and ``bytea_output``."""
+    zone, _, output = request.param.partition("+")
+    options = f"-c timezone={zone}" + (f" -c bytea_output={output}" if output else "")
+    yield from store_on_engine(database_url, table_name, options=options)
+
+
+def test_the_row_a_duplicate_lost_to_is_the_row_as_read(session_store: ClaimStore) -> None:
+    # The claim statement returns that row as one JSON column; it reads back
+    # as the same record a plain read gives, bytes, times and all.
+    payload = b"\x00\\x\xff" + uuid.uuid4().bytes
+    won = session_store.claim("k", task_id="t1", **CLAIM)
+    assert isinstance(won, Acquired)
+    stored = results.Encoded(payload, "application/data", "binary")
+    assert session_store.complete("k", won.token, result=stored, has_result=True,
+                                  ttl_seconds=3600.0)
+    lost = session_store.claim("k", task_id="t2", **{**CLAIM, "payload_digest": "e" * 64})
+    assert isinstance(lost, Lost)
+    read = session_store.get("k")
+    assert read is not None
+    assert (lost.mismatch, lost.takeable) == (True, False)
+
+    def fields(record: Any) -> dict[str, Any]:
+        values = dict(vars(record))
+        for moving in ("db_now", "duplicates"):
+            values.pop(moving)
+        return values
+
+    assert fields(lost.record) == fields(read)
+    assert lost.record.stored_result is not None
+    assert lost.record.stored_result.payload == payload
+    assert (lost.record.duplicates, read.duplicates) == (1, 1)
+    assert lost.record.db_now.utcoffset() is not None
+
+
+#: The table as the commits before this release made it: results as bytes,
+#: but VARCHAR columns, a check on state and an index on running leases.
+EARLIER_DDL = """
+CREATE TABLE "{table}" (
+    key VARCHAR(512) NOT NULL PRIMARY KEY, state VARCHAR(16) NOT NULL,
+    token BIGINT NOT NULL, task_name VARCHAR(255) NOT NULL, task_id VARCHAR(255) NOT NULL,
+    attempt INTEGER NOT NULL, owner VARCHAR(255) NOT NULL, payload_digest VARCHAR(64),
+    result BYTEA, result_content_type VARCHAR(128), result_content_encoding VARCHAR(32),
+    error TEXT, duplicates INTEGER DEFAULT '0' NOT NULL,
+    lease_expires_at TIMESTAMP WITH TIME ZONE, created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL, finished_at TIMESTAMP WITH TIME ZONE,
+    expires_at TIMESTAMP WITH TIME ZONE,
+    CONSTRAINT "{table}_state_check" CHECK (state IN ('running', 'succeeded', 'failed',
+                                                      'released')));
+CREATE INDEX "{table}_expires_idx" ON "{table}" (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX "{table}_running_lease_idx" ON "{table}" (lease_expires_at)
+    WHERE state = 'running'
+"""
+
+CATALOG = """
+SELECT 'column', a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+       || a.attnotnull::text || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'constraint', contype::text FROM pg_constraint WHERE conrelid = to_regclass(:table)
+UNION ALL
+SELECT 'index', regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '')
+FROM pg_index WHERE indrelid = to_regclass(:table)
+ORDER BY 1, 2"""
+
+
+def test_a_table_of_the_earlier_shape_works_and_is_brought_up_to_date(
+        database_url: str, table_name: str, caplog: pytest.LogCaptureFixture) -> None:
+    engine = sa.create_engine(database_url)
+    fresh = f"{table_name}_new"
+    store = ClaimStore(database_url, table=table_name, create_schema=False)
+    made = ClaimStore(database_url, table=fresh)
+    try:
+        with engine.begin() as conn:
+            for statement in EARLIER_DDL.format(table=table_name).split(";"):
+                conn.execute(sa.text(statement))
+        # Not required: a worker starts on it, and says once what the upgrade would do.
+        with caplog.at_level("WARNING", logger="celery_claim"):
+            upgrade.check_current(store)
+        assert "celery-claim schema --upgrade" in caplog.text
+        won = store.acquire("k", task_id="t1", **CLAIM)
+        assert won is not None
+        assert store.complete("k", won.token, result=1, has_result=True, ttl_seconds=60.0)
+        steps = upgrade.pending(store)
+        assert steps == ["make key, owner, payload_digest, result_content_encoding, "
+                         "result_content_type, state, task_id, task_name text",
+                         "drop the check constraint on state",
+                         "drop the index on running leases"]
+        assert upgrade.upgrade(store) == steps
+        assert upgrade.pending(store) == []
+        made.create_schema()
+        with engine.connect() as conn:
+            upgraded = conn.execute(sa.text(CATALOG), {"table": table_name}).all()
+            created = conn.execute(sa.text(CATALOG), {"table": fresh}).all()
+        assert upgraded == created
+        record = store.get("k")
+        assert record is not None
+        assert (record.state, record.result) == ("succeeded", 1)
+    finally:
+        store.dispose()
+        made.dispose()
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table_name}"'))
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{fresh}"'))
+        engine.dispose()
