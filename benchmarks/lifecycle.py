@@ -156,10 +156,8 @@ def instructions(database_url: str, variant: str, *, tree: str | None = None,
         command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                    sys.executable, "-m", "benchmarks.lifecycle", "--loop", variant,
                    "--tasks", str(tasks), "--database-url", database_url,
-                   "--without", ",".join(sorted(without))]
+                   "--without", ",".join(sorted(without)), *(["--tree", tree] if tree else [])]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
-        if tree:
-            env["PYTHONPATH"] = os.pathsep.join([tree, os.getcwd()])
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         line = next(line for line in done.stderr.splitlines() if "Collected" in line)
         collected.append(int(line.split()[-1]))
@@ -175,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="instructions per task under valgrind, instead of CPU time")
     parser.add_argument("--without", default="",
                         help=f"parts to replace with nothing: {', '.join(PARTS)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="with --instructions: which to count (plain is always counted)")
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--loop", default=None, help=argparse.SUPPRESS)
@@ -183,23 +183,22 @@ def main(argv: list[str] | None = None) -> None:
     unknown = without - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
-    if args.tree and not args.instructions and args.loop is None:
-        sys.path.insert(0, args.tree)
+    if args.tree and not args.instructions:
+        sys.path.insert(0, os.path.abspath(args.tree))  # before this checkout's own
     if args.loop is not None:  # one run under valgrind
         _loop(args.database_url, args.loop, args.tasks, without)
         return
     if args.instructions:
+        wanted = {"plain", *args.variants.split(",")}
         counts: dict[str, float] = {
             name: instructions(args.database_url, name, tree=args.tree, without=without)
-            for name in VARIANTS}
+            for name in VARIANTS if name in wanted}
         unit = "instructions per task"
     else:
         counts = cpu(args.database_url, tasks=args.tasks, repeats=args.repeats, without=without)
         unit = "CPU us per task (least of the repeats)"
-    import celery_claim
-
     base = counts["plain"]
-    print(f"celery_claim from {os.path.dirname(celery_claim.__file__)}"
+    print(f"celery_claim of {os.path.abspath(args.tree or os.getcwd())}"
           + (f", without {', '.join(sorted(without))}" if without else ""))
     print(f"| variant | {unit} | beyond the plain task |")
     print("|---|---|---|")

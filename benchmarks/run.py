@@ -167,11 +167,13 @@ def store_tables(results: dict[str, Any]) -> str:
               f"acquire p50 / p99 {ms(c['acquire'])} ms.\n",
               "#### Store: table size (one client)\n",
               "| finished rows | table + indexes MB | acquire p50 / p99 ms | "
-              "complete p50 / p99 ms | duplicate acquire p50 / p99 ms |",
-              "|---|---|---|---|---|"]
+              "complete p50 / p99 ms | duplicate acquire p50 / p99 ms | stale listing ms | "
+              "stats ms |",
+              "|---|---|---|---|---|---|---|"]
     for row in results["sizes"]:
         lines.append(f"| {row['rows']:,} | {row['table_mb']:.0f} | {ms(row['acquire'])} | "
-                     f"{ms(row['complete'])} | {ms(row['duplicate'])} |")
+                     f"{ms(row['complete'])} | {ms(row['duplicate'])} | "
+                     f"{row.get('stale_list_ms', 0):.1f} | {row.get('stats_ms', 0):.1f} |")
     p = results["purge"]
     lines.append(f"\nPurge of {p['deleted']:,} expired rows (batches of 1,000) took "
                  f"{p['purge_seconds']:.1f} s; acquire p50 / p99 before: "

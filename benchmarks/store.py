@@ -244,6 +244,23 @@ class StoreBench:
             store.dispose()
         return {name: summary(values) for name, values in lat.items()}
 
+    def operator_queries(self, table: str) -> dict[str, float]:
+        """Milliseconds (median of three) of the stale listing's first page and of
+        the counts the metrics collector reads: both read the whole table."""
+        store = _store(self.url, table)
+        try:
+            def timed(run: Callable[[], Any]) -> float:
+                took = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    run()
+                    took.append(1000 * (time.perf_counter() - started))
+                return statistics.median(took)
+            return {"stale_list_ms": timed(lambda: store.list_claims(stale=True, limit=50)),
+                    "stats_ms": timed(store.stats)}
+        finally:
+            store.dispose()
+
     def sizes(self, sizes: Sequence[int], ops: int) -> list[dict[str, Any]]:
         table = self.table()
         rows = []
@@ -256,7 +273,8 @@ class StoreBench:
                     bytes_ = conn.execute(sa.text(
                         f"SELECT pg_total_relation_size('{table}')")).scalar_one()
                 row = {"rows": size, "fill_seconds": took, "table_mb": bytes_ / 2**20,
-                       **self.measure_one_client(table, ops, filled)}
+                       **self.measure_one_client(table, ops, filled),
+                       **self.operator_queries(table)}
                 self.log(f"store size={size}: acquire p99 {row['acquire']['p99_ms']:.2f} ms")
                 rows.append(row)
         finally:
