@@ -97,20 +97,34 @@ class Heartbeat:
         return len(self._due)
 
     def _run(self) -> None:
-        while True:
-            entries = list(self._due.values())  # one atomic copy: holders go on meanwhile
-            now = time.monotonic()
-            due = [claim for at, claim in entries if at <= now]
-            if not due:
-                wake = min((at for at, _ in entries), default=now + self._idle_wait)
-                with self._cond:
-                    self._cond.wait(timeout=max(min(wake, now + self._idle_wait) - now, 0.01))
-                continue
-            try:
-                self._renew(due)
-            except Exception:  # never let the thread die: holders do not restart it
-                logger.exception("claim heartbeat failed")
-                self._reschedule(due, RETRY_AFTER)
+        try:
+            while True:
+                try:
+                    self._beat()
+                except Exception:  # never let the thread die: holders do not restart it
+                    logger.exception("claim heartbeat failed")
+                    time.sleep(RETRY_AFTER)
+        finally:
+            # Ended all the same (a greenlet killed, an interpreter shutting
+            # down): the next hold starts a new thread.
+            if self._thread is threading.current_thread():
+                self._thread = None
+
+    def _beat(self) -> None:
+        """Renew what is due, or sleep until something is."""
+        entries = list(self._due.values())  # one atomic copy: holders go on meanwhile
+        now = time.monotonic()
+        due = [claim for at, claim in entries if at <= now]
+        if not due:
+            wake = min((at for at, _ in entries), default=now + self._idle_wait)
+            with self._cond:
+                self._cond.wait(timeout=max(min(wake, now + self._idle_wait) - now, 0.01))
+            return
+        try:
+            self._renew(due)
+        except Exception:
+            logger.exception("claim heartbeat failed")
+            self._reschedule(due, RETRY_AFTER)
 
     def _renew(self, due: list[Leased]) -> None:
         groups: dict[tuple[int, float], list[Leased]] = defaultdict(list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import re
 from typing import Any
@@ -101,7 +102,10 @@ class ClaimRecord:
     def from_json(cls, text: str | dict[str, Any], db_now: datetime.datetime) -> ClaimRecord:
         """From the row as PostgreSQL's ``row_to_json`` wrote it (the ``claim``
         statement's lost branch), read at ``db_now``."""
-        values = dict(json.loads(text) if isinstance(text, str) else text)
+        row = json.loads(text) if isinstance(text, str) else text
+        # The table's columns, less any the package does not know (a column
+        # an operator added, or one a later release adds during an upgrade).
+        values = {name: row.get(name) for name in _json_columns()}
         for name in _TIMES:
             values[name] = _json_time(values.get(name))
         result = values.get("result")
@@ -184,6 +188,14 @@ class Lost:
             return cls(ClaimRecord.from_json(record, _aware(row.db_now)), False,  # type: ignore[arg-type]
                        bool(row.mismatch))
         return cls(ClaimRecord.from_row(row), bool(row.takeable), bool(row.mismatch))
+
+
+@functools.cache
+def _json_columns() -> tuple[str, ...]:
+    """The columns ``from_json`` reads: the record's own, and the result's three."""
+    known = tuple(f.name for f in dataclasses.fields(ClaimRecord)
+                  if f.name not in ("stored_result", "has_result", "db_now"))
+    return (*known, "result", "result_content_type", "result_content_encoding")
 
 
 #: Columns a statement may return beside a record's (the acquire's verdict).

@@ -98,7 +98,10 @@ def encode(value: Any, serializer: str) -> Encoded:
     unless the serializer is pickle, as Celery's ``prepare_value`` does.
     """
     if serializer == "json":
-        text = _plain_json(value)
+        try:
+            text = _plain_json(value)
+        except ValueError:  # an int past the interpreter's digit limit: kombu says so
+            text = None
         if text is not None and _kombu_json_is_standard():
             return Encoded(text.encode(), JSON, "utf-8")
     if serializer != "pickle" and type(value) not in _SCALARS \

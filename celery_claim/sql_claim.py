@@ -66,7 +66,9 @@ def _row_json(t: sa.Table) -> Any:
     """The whole row ``t`` as JSON text (PostgreSQL): one column, where its
     columns one by one would widen every branch of the statement."""
     name = postgresql.dialect().identifier_preparer.quote(t.name)  # type: ignore[no-untyped-call]
-    return sa.cast(sa.func.row_to_json(sa.literal_column(name)), sa.Text)
+    # "t".* rather than "t": a table named like one of its columns would
+    # otherwise give the column.
+    return sa.cast(sa.func.row_to_json(sa.literal_column(f"{name}.*")), sa.Text)
 
 
 def _claim(t: sa.Table, dialect: str) -> sa.Executable:

@@ -50,6 +50,8 @@ _CONTENT_COLUMNS = {"result_content_type": "TEXT", "result_content_encoding": "T
 #: What earlier releases named the check on ``state`` and the index on running leases.
 _STATE_CHECK = "{table}_state_check"
 _LEASE_INDEX = "{table}_running_lease_idx"
+#: How long the recommended steps wait for the table's lock before they give up.
+LOCK_TIMEOUT = "5s"
 _checked: weakref.WeakSet[ClaimStore] = weakref.WeakSet()
 _checked_lock = threading.Lock()
 
@@ -145,9 +147,24 @@ def _upgrade_results(conn: sa.Connection, table: sa.Table) -> None:
 
 
 def _upgrade_table(conn: sa.Connection, table: sa.Table) -> None:
-    """TEXT columns, no check constraint, no index on running leases (PostgreSQL)."""
+    """TEXT columns, no check constraint, no index on running leases (PostgreSQL).
+
+    The constraint and the index go first: changing the type of ``state``
+    would otherwise rebuild the index (its predicate names the column) and
+    check the constraint against every row, all under the ALTER's exclusive
+    lock. ``VARCHAR(n)`` to ``TEXT`` rewrites nothing. The lock is waited for
+    at most :data:`LOCK_TIMEOUT`: a claim queued behind a waiting ALTER would
+    wait too, so a busy table fails the upgrade (run it again) rather than
+    stall the workers.
+    """
     preparer = conn.dialect.identifier_preparer
     name = preparer.format_table(table)
+    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    check = preparer.quote(_STATE_CHECK.format(table=table.name))
+    conn.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT IF EXISTS {check}"))
+    index = preparer.quote(_LEASE_INDEX.format(table=table.name))
+    schema = f"{preparer.quote_schema(table.schema)}." if table.schema else ""
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS {schema}{index}"))
     columns = _columns(conn, table) or {}
     narrow = [column for column, type_ in columns.items()
               if isinstance(type_, sa.String) and not isinstance(type_, sa.Text)
@@ -155,11 +172,6 @@ def _upgrade_table(conn: sa.Connection, table: sa.Table) -> None:
     if narrow:
         conn.execute(sa.text(f"ALTER TABLE {name} " + ", ".join(
             f"ALTER COLUMN {preparer.quote(column)} TYPE text" for column in narrow)))
-    check = preparer.quote(_STATE_CHECK.format(table=table.name))
-    conn.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT IF EXISTS {check}"))
-    index = preparer.quote(_LEASE_INDEX.format(table=table.name))
-    schema = f"{preparer.quote_schema(table.schema)}." if table.schema else ""
-    conn.execute(sa.text(f"DROP INDEX IF EXISTS {schema}{index}"))
 
 
 def check_current(store: ClaimStore) -> None:

@@ -33,8 +33,16 @@ def upgrade_claim_results(op: Any, table: str = "celery_claims") -> None:
 
 def upgrade_claims_table(op: Any, table: str = "celery_claims") -> None:
     """TEXT columns, no check on ``state``, no index on running leases: each
-    cost every claim some database CPU (no row changes, no table rewrite)."""
+    cost every claim some database CPU (no row changes, no table rewrite).
+
+    The constraint and the index go first, so that changing the type of
+    ``state`` neither rebuilds the index nor checks every row under the
+    exclusive lock; and the lock is waited for five seconds at most, so that
+    a busy table fails the migration (run it again) instead of holding up
+    every claim queued behind it.
+    """
+    op.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+    op.execute(sa.text(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{table}_state_check"'))
+    op.execute(sa.text(f'DROP INDEX IF EXISTS "{table}_running_lease_idx"'))
     for column in TEXT_COLUMNS:
         op.alter_column(table, column, type_=sa.Text())
-    op.drop_constraint(f"{table}_state_check", table, type_="check")
-    op.drop_index(f"{table}_running_lease_idx", table_name=table)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from support.stores import store_on_engine
 
-from celery_claim import ClaimStore, results, upgrade
+from celery_claim import ClaimStore, errors, results, upgrade
 from celery_claim.store import Acquired, Lost
 
 pytestmark = pytest.mark.postgres
@@ -105,6 +105,36 @@ def test_the_row_a_duplicate_lost_to_is_the_row_as_read(session_store: ClaimStor
     assert lost.record.db_now.utcoffset() is not None
 
 
+@pytest.fixture
+def odd_store(database_url: str) -> Iterator[ClaimStore]:
+    """A claims table named like one of its columns, in a schema of its own."""
+    schema = f"s_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield from store_on_engine(database_url, "state", options=f"-c search_path={schema}")
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def test_a_duplicate_reads_its_row_from_any_table_name_and_extra_columns(
+        odd_store: ClaimStore) -> None:
+    # The lost branch returns the whole row as JSON: a table named like a
+    # column must still give the row, and a column the package does not know
+    # (an operator's own) must not break reading it.
+    with odd_store.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE state ADD COLUMN audit text DEFAULT 'kept'"))
+    won = odd_store.claim("k", task_id="t1", **CLAIM)
+    assert isinstance(won, Acquired)
+    assert odd_store.complete("k", won.token, result=5, has_result=True, ttl_seconds=3600.0)
+    lost = odd_store.claim("k", task_id="t1", **CLAIM)
+    assert isinstance(lost, Lost)
+    assert (lost.record.state, lost.record.result, lost.record.duplicates) == ("succeeded", 5, 1)
+
+
 #: The table as the commits before this release made it: results as bytes,
 #: but VARCHAR columns, a check on state and an index on running leases.
 EARLIER_DDL = """
@@ -175,4 +205,42 @@ def test_a_table_of_the_earlier_shape_works_and_is_brought_up_to_date(
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table_name}"'))
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{fresh}"'))
+        engine.dispose()
+
+
+def test_the_upgrade_gives_up_on_a_busy_table_instead_of_holding_up_claims(
+        database_url: str, table_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An ALTER waiting for its lock holds up every claim queued behind it, so
+    # the upgrade's steps wait a bounded time, then fail and change nothing.
+    monkeypatch.setattr(upgrade, "LOCK_TIMEOUT", "300ms")
+    engine = sa.create_engine(database_url)
+    store = ClaimStore(database_url, table=table_name, create_schema=False)
+    holder = engine.connect()
+    try:
+        with engine.begin() as conn:
+            for statement in EARLIER_DDL.format(table=table_name).split(";"):
+                conn.execute(sa.text(statement))
+        steps = upgrade.pending(store)
+        assert len(steps) == 3
+        holder.begin()
+        holder.execute(sa.text(f'SELECT count(*) FROM "{table_name}"'))  # a reader's lock
+        started = time.monotonic()
+        with pytest.raises(errors.ClaimStoreError, match="lock timeout"):
+            upgrade.upgrade(store)
+        assert time.monotonic() - started < 5
+        assert upgrade.pending(store) == steps
+        # The control: the same step without the bound is still waiting later.
+        with engine.connect() as conn:
+            conn.execute(sa.text("SET statement_timeout = '1500ms'"))
+            with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+                conn.execute(sa.text(
+                    f'ALTER TABLE "{table_name}" DROP CONSTRAINT "{table_name}_state_check"'))
+        holder.rollback()
+        assert upgrade.upgrade(store) == steps
+        assert upgrade.pending(store) == []
+    finally:
+        holder.close()
+        store.dispose()
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table_name}"'))
         engine.dispose()

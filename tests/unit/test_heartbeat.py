@@ -128,3 +128,29 @@ def test_a_renewal_that_fails_is_tried_again_soon(monkeypatch: pytest.MonkeyPatc
     _wait_for(lambda: len(store.renewed) >= 1)
     beat.drop(claim)  # type: ignore[arg-type]
     assert claim.lost == []
+
+
+def test_a_thread_that_ended_is_started_again_by_the_next_hold() -> None:
+    # A heartbeat thread can end in ways no `except Exception` catches (a
+    # greenlet killed, GreenletExit, SystemExit): the next hold must start a
+    # new one, or no lease would be renewed again in this process.
+    beat, store = Heartbeat(), Store()
+
+    def end_the_thread() -> None:
+        raise SystemExit
+
+    store.during_renewal = end_the_thread
+    first = Leased(store, "first", lease_seconds=0.15)
+    beat.hold(first)
+    _wait_for(lambda: beat._thread is None)
+    store.during_renewal = None
+    beat.drop(first)
+    second = Leased(store, "second", lease_seconds=30.0)  # no shorter than before
+    beat.hold(second)
+    assert beat._thread is not None
+    assert beat._thread.is_alive()
+    third = Leased(store, "third", lease_seconds=0.15)
+    beat.hold(third)
+    _wait_for(lambda: any(key == "third" for _, key in store.renewed))
+    beat.drop(second)
+    beat.drop(third)
