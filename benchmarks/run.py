@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -67,6 +68,24 @@ def plan(pools: Sequence[str], variants: Sequence[str], bodies: Sequence[float],
                 for variant in duplicates:
                     cases.append(workers.Case(variant, pool, body, "dup"))
     return cases
+
+
+def reordered(cases: Sequence[workers.Case], repeat: int) -> list[workers.Case]:
+    """``cases`` with the variants of each pool and body in a new order for
+    each repetition (the same orders from run to run): no variant always
+    follows the same neighbour, whose leftovers (its table's autovacuum, a
+    cold cache) or the machine's drift would otherwise always land on it."""
+    out: list[workers.Case] = []
+    groups: dict[tuple[str, float, str], list[workers.Case]] = defaultdict(list)
+    for case in cases:
+        groups[(case.pool, case.body_ms, case.workload)].append(case)
+    shuffle = random.Random(repeat).shuffle
+    for group in groups.values():
+        group = list(group)
+        if repeat:
+            shuffle(group)
+        out += group
+    return out
 
 
 def _spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
@@ -340,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cases = plan(pools, variants, bodies, duplicates)
         results = []
         for repeat in range(args.repeats):
-            for case in cases:
+            for case in reordered(cases, repeat):
                 messages = args.messages if case.body_ms == 0 else args.body_messages
                 result = workers.run_case(case, messages, services, log=log)
                 result["repeat"] = repeat

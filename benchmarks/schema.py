@@ -29,6 +29,10 @@ variant             what it is
                     expiry set at acquire, so completions are HOT updates
 ``stale_index``     the same, with the index on running leases that the
                     previous table had (what adding it back costs)
+``no_lost_branch``  this release's table with the acquire alone: without the
+                    duplicate's branch that makes a duplicate one statement
+``no_result``       and a completion that stores no result: what is left
+                    against the floor is the wider row itself
 ==================  ==========================================================
 
 Each of ``text`` to ``claim`` takes one more cost of ``before`` away: the
@@ -86,10 +90,15 @@ def _floor(conn: Any, table: str) -> Claim:
 def _statements(conn: Any, acquire: str, complete: str) -> Claim:
     task_id = str(uuid.uuid4())
 
+    token_at: list[int] = []
+
     def one(key: str) -> None:
-        row = conn.execute(acquire, {**_CLAIM, "key": key, "task_id": task_id},
-                           prepare=True).fetchone()
-        conn.execute(complete, {**_COMPLETE, "key": key, "token": row[1]},
+        cursor = conn.execute(acquire, {**_CLAIM, "key": key, "task_id": task_id},
+                              prepare=True)
+        row = cursor.fetchone()
+        if not token_at:
+            token_at.append([c.name for c in cursor.description].index("token"))
+        conn.execute(complete, {**_COMPLETE, "key": key, "token": row[token_at[0]]},
                      prepare=True).fetchone()
     return one
 
@@ -117,7 +126,8 @@ def _previous(*, text: bool = False, check: bool = True,
     return make
 
 
-def _claims(*, stale_index: bool) -> Callable[[Any, str], Claim]:
+def _claims(*, stale_index: bool = False, acquire: str = "claim",
+            complete: str = "complete_with_result") -> Callable[[Any, str], Claim]:
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
         for create in ddl(t, "postgresql").split(";\n"):
@@ -128,8 +138,8 @@ def _claims(*, stale_index: bool) -> Callable[[Any, str], Claim]:
                          "(lease_expires_at) WHERE state = 'running'")
         statements = Statements(t, "postgresql")
         dialect = driver_dialect("psycopg")
-        return _statements(conn, statements.driver("claim", dialect).sql,
-                           statements.driver("complete_with_result", dialect).sql)
+        return _statements(conn, statements.driver(acquire, dialect).sql,
+                           statements.driver(complete, dialect).sql)
     return make
 
 
@@ -145,6 +155,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
               "expiry set at acquire (completions are HOT updates)", _claims(stale_index=False)),
     "stale_index": ("the same with an index on running leases added back",
                     _claims(stale_index=True)),
+    "no_lost_branch": ("this release's table, the acquire without the duplicate's branch",
+                       _claims(acquire="acquire")),
+    "no_result": ("and a completion that stores no result", _claims(acquire="acquire",
+                                                                    complete="complete")),
 }
 
 

@@ -153,7 +153,7 @@ def test_the_acquire_and_the_duplicates_verdict_share_one_rule() -> None:
     mismatch = re.search(r"NOT \(\(celery_claims\.expires_at IS NOT NULL.* AS mismatch", lost_to)
     assert mismatch is not None
     assert mismatch.group(0) in claim
-    assert "CAST(row_to_json(celery_claims) AS TEXT) AS record" in claim
+    assert "CAST(row_to_json(celery_claims.*) AS TEXT) AS record" in claim
     assert " AS takeable" in lost_to
     assert " AS mismatch" in lost_to
     sqlite = statements.Statements(sql.claims, "sqlite")
