@@ -31,7 +31,8 @@ variant             what it is
                     previous table had (what adding it back costs)
 ``no_lost_branch``  this release's table with the acquire alone: without the
                     duplicate's branch that makes a duplicate one statement
-``no_result``       and a completion that stores no result: what is left
+``no_result``       and a completion that stores no result
+``no_expiry_index`` and no index on ``expires_at`` (purge's): what is left
                     against the floor is the wider row itself
 ==================  ==========================================================
 
@@ -127,12 +128,15 @@ def _previous(*, text: bool = False, check: bool = True,
 
 
 def _claims(*, stale_index: bool = False, acquire: str = "claim",
-            complete: str = "complete_with_result") -> Callable[[Any, str], Claim]:
+            complete: str = "complete_with_result",
+            expiry_index: bool = True) -> Callable[[Any, str], Claim]:
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
         for create in ddl(t, "postgresql").split(";\n"):
             if create.strip():
                 conn.execute(create)
+        if not expiry_index:
+            conn.execute(f"DROP INDEX {table}_expires_idx")
         if stale_index:
             conn.execute(f"CREATE INDEX {table}_running_lease_idx ON {table} "
                          "(lease_expires_at) WHERE state = 'running'")
@@ -159,6 +163,8 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
                        _claims(acquire="acquire")),
     "no_result": ("and a completion that stores no result", _claims(acquire="acquire",
                                                                     complete="complete")),
+    "no_expiry_index": ("and no index on the expiry (what purge reads)",
+                        _claims(acquire="acquire", complete="complete", expiry_index=False)),
 }
 
 

@@ -130,6 +130,8 @@ def test_a_renewal_that_fails_is_tried_again_soon(monkeypatch: pytest.MonkeyPatc
     assert claim.lost == []
 
 
+# The thread is ended by an exception on purpose: pytest reports it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_thread_that_ended_is_started_again_by_the_next_hold() -> None:
     # A heartbeat thread can end in ways no `except Exception` catches (a
     # greenlet killed, GreenletExit, SystemExit): the next hold must start a
