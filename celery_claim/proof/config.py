@@ -20,7 +20,11 @@ from celery import Celery
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["RunConfig", "RunTables", "for_app"]
+__all__ = ["SWEEP_LOCK_SECONDS", "RunConfig", "RunTables", "for_app"]
+
+#: The life of kombu's sweep lock in Redis (``unacked_mutex_expire``) in a run:
+#: a little above what a sweep of a run's queue takes.
+SWEEP_LOCK_SECONDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +94,13 @@ class RunConfig:
         """``broker_transport_options``: on Redis, the run's own key prefix and timeout."""
         if self.broker_url.startswith("redis"):
             # Sweep for messages past their visibility timeout every second.
+            # The sweep's lock in Redis outlives a worker killed while it
+            # holds it: at kombu's default (300 s) one such kill holds every
+            # sweep off for five minutes, and the run waits that long.
             return {"global_keyprefix": self.key_prefix,
                     "visibility_timeout": self.visibility_timeout,
-                    "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+                    "unacked_restore_interval": 1, "unacked_restore_throttle": 1,
+                    "unacked_mutex_expire": SWEEP_LOCK_SECONDS}
         return {}
 
     def celery_settings(self) -> dict[str, Any]:

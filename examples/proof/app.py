@@ -26,6 +26,9 @@ app.conf.update(
         "visibility_timeout": 5,
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        # The sweep's lock outlives a worker killed while holding it: keep it
+        # seconds, not kombu's 300 s, or one such kill holds every sweep off.
+        "unacked_mutex_expire": 5,
     },
     worker_prefetch_multiplier=1,
     task_ignore_result=True,

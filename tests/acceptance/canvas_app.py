@@ -116,6 +116,9 @@ app.conf.update(
         "visibility_timeout": float(ENV.get("CLAIM_TEST_VISIBILITY_TIMEOUT", "3600")),
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        # A worker killed while it holds the sweep's lock would hold every
+        # sweep off for kombu's default 300 s.
+        "unacked_mutex_expire": 5,
     },
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,

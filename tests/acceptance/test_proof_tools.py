@@ -47,6 +47,9 @@ def _run_in_own_group(command: list[str], *, env: dict[str, str],
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+# The run's own timeout comes first, so that a run that hangs is stopped with
+# SIGTERM and its output is shown; pytest-timeout is the last resort.
+@pytest.mark.timeout(420)
 def test_soak_runs_once_with_kills_and_its_control_doubles(database_url: str,
                                                           redis_url: str) -> None:
     # A kill a second on average: the run lasts about 12 s and kills only
@@ -57,7 +60,7 @@ def test_soak_runs_once_with_kills_and_its_control_doubles(database_url: str,
         [sys.executable, "-m", "celery_claim.soak", "--records", "300", "--copies", "3",
          "--workers", "2", "--kill-rate", "60", "--lease", "2", "--visibility-timeout", "5",
          "--json"],
-        env=environment(database_url, redis_url), timeout=420)
+        env=environment(database_url, redis_url), timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     claimed, naive = report["claimed"], report["naive"]
