@@ -256,6 +256,17 @@ def schema_table(rows: list[dict[str, Any]]) -> str:
                      f"{median(name, 'client_cpu_ms'):.3f} | {median(name, 'wal_bytes'):.0f} | "
                      f"{100 * median(name, 'hot_share'):.0f}% | "
                      + ", ".join(f"{r['server_cpu_ms']:.3f}" for r in by[name]) + " |")
+    duplicates = [name for name in schema_bench.DUPLICATES if name in by]
+    if duplicates:
+        lines += ["\nA duplicate of a finished claim, the same statement:\n",
+                  "| variant | PostgreSQL CPU ms per duplicate | vs its first delivery | "
+                  "per round |", "|---|---|---|---|"]
+        for name in duplicates:
+            rows_ = by[name]
+            shares = [r["duplicate_cpu_ms"] / r["server_cpu_ms"] for r in rows_]
+            lines.append(f"| {name} | {median(name, 'duplicate_cpu_ms'):.3f} | "
+                         f"{statistics.median(shares):.2f} | "
+                         + ", ".join(f"{r['duplicate_cpu_ms']:.3f}" for r in rows_) + " |")
     return "\n".join(lines)
 
 

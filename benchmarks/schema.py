@@ -13,31 +13,37 @@ nanoseconds, from ``/proc/<pid>/schedstat``), client CPU per claim, and WAL
 bytes per claim; and for every variant the share of completions that were
 HOT updates (no index entry written).
 
-==================  ==========================================================
-variant             what it is
-==================  ==========================================================
-``floor``           three columns, ``INSERT .. ON CONFLICT DO UPDATE`` and a
-                    fenced ``UPDATE``: the smallest correct claim
-``before``          the previous commit's table and statements
-                    (:mod:`benchmarks.previous_release`)
-``text``            the same with ``TEXT`` columns
-``no_check``        and without the check constraint on ``state``
-``json_record``     and with this release's claim statement (the row a
-                    duplicate lost to as one JSON column)
-``claim``           this release's table and the statements ``ClaimStore``
-                    runs: and without the index on running leases, the
-                    expiry set at acquire, so completions are HOT updates
-``stale_index``     the same, with the index on running leases that the
-                    previous table had (what adding it back costs)
-``no_lost_branch``  this release's table with the acquire alone: without the
-                    duplicate's branch that makes a duplicate one statement
-``no_result``       and a completion that stores no result
-``no_expiry_index`` and no index on ``expires_at`` (purge's): what is left
-                    against the floor is the wider row itself
-==================  ==========================================================
+======================  ==========================================================
+variant                 what it is
+======================  ==========================================================
+``floor``               three columns, ``INSERT .. ON CONFLICT DO UPDATE`` and a
+                        fenced ``UPDATE``: the smallest correct claim
+``before``              the previous commit's table and statements
+                        (:mod:`benchmarks.previous_release`)
+``text``                the same with ``TEXT`` columns
+``no_check``            and without the check constraint on ``state``
+``json_record``         and with this release's claim statement (the row a
+                        duplicate lost to as one JSON column)
+``claim``               this release's table and the statements ``ClaimStore``
+                        runs: and without the index on running leases, the
+                        expiry set at acquire, so completions are HOT updates
+``stale_index``         the same, with the index on running leases that the
+                        previous table had (what adding it back costs)
+``no_lost_branch``      this release's table with the acquire alone: without the
+                        duplicate's branch that makes a duplicate one statement
+``no_result``           and a completion that stores no result
+``no_expiry_index``     and no index on ``expires_at`` (purge's): what is left
+                        against the floor is the wider row itself
+``single_statement``    not adopted (:mod:`benchmarks.alternatives`): ``claim``
+                        with its claim statement as one ``INSERT .. ON CONFLICT DO
+                        UPDATE`` whose ``SET`` counts a duplicate, without the
+                        duplicate's CTE
+======================  ==========================================================
 
 Each of ``text`` to ``claim`` takes one more cost of ``before`` away: the
-differences between neighbours are what each cost.
+differences between neighbours are what each cost. For the claim statements
+(``json_record``, ``claim``, ``single_statement``) the suite also measures a
+duplicate of a finished claim: the same keys delivered again.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks import previous_release
+from benchmarks import alternatives, previous_release
 from celery_claim.sql import ddl, make_table
 from celery_claim.statements import Statements, driver_dialect
 
@@ -61,7 +67,8 @@ _RESULT = {"result": b"5", "result_content_type": "application/json",
            "result_content_encoding": "utf-8"}
 _CLAIM = {"task_name": "bench.claim", "owner": "celery@bench/1234", "payload_digest": None,
           "lease_seconds": 30.0, "ttl_seconds": 86400.0, "retry_failed": False,
-          "check_payload": True, "own_transaction": True}  # autocommit, as the store's connection
+          "check_payload": True, "own_transaction": True,  # autocommit, as the store's connection
+          "nonce": "1"}
 _COMPLETE = {"state": "succeeded", "error": None, "ttl_seconds": 86400.0, **_RESULT}
 
 
@@ -88,20 +95,33 @@ def _floor(conn: Any, table: str) -> Claim:
     return one
 
 
-def _statements(conn: Any, acquire: str, complete: str) -> Claim:
-    task_id = str(uuid.uuid4())
+class _Statements:
+    """A claim by ``acquire`` and ``complete`` (called with a key); and
+    :meth:`again`, the same delivery's acquire once more: a duplicate."""
 
-    token_at: list[int] = []
+    def __init__(self, conn: Any, acquire: str, complete: str) -> None:
+        self.conn, self.acquire, self.complete = conn, acquire, complete
+        self.task_id = str(uuid.uuid4())
+        self.token_at: int | None = None
 
-    def one(key: str) -> None:
-        cursor = conn.execute(acquire, {**_CLAIM, "key": key, "task_id": task_id},
-                              prepare=True)
+    def __call__(self, key: str) -> None:
+        cursor = self.conn.execute(self.acquire, {**_CLAIM, "key": key, "task_id": self.task_id},
+                                   prepare=True)
         row = cursor.fetchone()
-        if not token_at:
-            token_at.append([c.name for c in cursor.description].index("token"))
-        conn.execute(complete, {**_COMPLETE, "key": key, "token": row[token_at[0]]},
-                     prepare=True).fetchone()
-    return one
+        if self.token_at is None:
+            self.token_at = [c.name for c in cursor.description].index("token")
+        self.conn.execute(self.complete, {**_COMPLETE, "key": key, "token": row[self.token_at]},
+                          prepare=True).fetchone()
+
+    def again(self, key: str) -> None:
+        row = self.conn.execute(self.acquire, {**_CLAIM, "key": key, "task_id": self.task_id},
+                                prepare=True).fetchone()
+        assert row is not None, key  # lost, in one statement
+        assert row[0] is False, row
+
+
+def _statements(conn: Any, acquire: str, complete: str) -> Claim:
+    return _Statements(conn, acquire, complete)
 
 
 def _previous(*, text: bool = False, check: bool = True,
@@ -129,7 +149,7 @@ def _previous(*, text: bool = False, check: bool = True,
 
 def _claims(*, stale_index: bool = False, acquire: str = "claim",
             complete: str = "complete_with_result",
-            expiry_index: bool = True) -> Callable[[Any, str], Claim]:
+            expiry_index: bool = True, single: bool = False) -> Callable[[Any, str], Claim]:
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
         for create in ddl(t, "postgresql").split(";\n"):
@@ -142,8 +162,9 @@ def _claims(*, stale_index: bool = False, acquire: str = "claim",
                          "(lease_expires_at) WHERE state = 'running'")
         statements = Statements(t, "postgresql")
         dialect = driver_dialect("psycopg")
-        return _statements(conn, statements.driver(acquire, dialect).sql,
-                           statements.driver(complete, dialect).sql)
+        claim = (alternatives.SINGLE_STATEMENT.format(table=table) if single
+                 else statements.driver(acquire, dialect).sql)
+        return _statements(conn, claim, statements.driver(complete, dialect).sql)
     return make
 
 
@@ -165,13 +186,23 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
                                                                     complete="complete")),
     "no_expiry_index": ("and no index on the expiry (what purge reads)",
                         _claims(acquire="acquire", complete="complete", expiry_index=False)),
+    "single_statement": ("not adopted: the claim as one INSERT ... ON CONFLICT DO UPDATE "
+                         "whose SET counts a duplicate, without the duplicate's CTE",
+                         _claims(single=True)),
 }
+
+
+#: The variants whose claim statement also answers a duplicate: their
+#: PostgreSQL CPU per duplicate of a finished claim is measured too.
+DUPLICATES = ("json_record", "claim", "single_statement")
 
 
 def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250) -> list[dict[str, Any]]:
     """PostgreSQL CPU, client CPU and WAL per claim for every variant and round
     (``ops`` claims per variant and round, in chunks of ``chunk``), and the
-    share of each variant's completions that were HOT updates."""
+    share of each variant's completions that were HOT updates; for the
+    :data:`DUPLICATES` variants, PostgreSQL CPU per duplicate of a finished
+    claim (each chunk's keys delivered again)."""
     import psycopg
 
     dsn = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(
@@ -179,21 +210,36 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250) -> list[
     admin = psycopg.connect(dsn, autocommit=True)
     opened: list[tuple[Any, str]] = []
     claims: dict[str, tuple[Any, Claim]] = {}
+    twins: dict[str, tuple[Any, Claim]] = {}
+    tables: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
+
+    def open_claim(make: Callable[[Any, str], Claim], table: str,
+                   duplicates: bool = False) -> tuple[Any, Claim]:
+        conn = psycopg.connect(dsn, autocommit=True)
+        opened.append((conn, table))
+        # What the store's claim connections run with (generic plans).
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute("SET synchronous_commit = on")
+        one = make(conn, table)
+        for i in range(min(200, ops)):
+            one(f"warm:{i}")
+            if duplicates:
+                one.again(f"warm:{i}")  # type: ignore[attr-defined]
+        return conn, one
+
     try:
         for name, (_, make) in VARIANTS.items():
-            conn = psycopg.connect(dsn, autocommit=True)
-            table = f"bench_schema_{name}_{uuid.uuid4().hex[:8]}"
-            opened.append((conn, table))
-            # What the store's claim connections run with (generic plans).
-            conn.execute("SET plan_cache_mode = force_generic_plan")
-            conn.execute("SET synchronous_commit = on")
-            claims[name] = (conn, make(conn, table))
-            for i in range(min(200, ops)):
-                claims[name][1](f"warm:{i}")
+            table = tables[name] = f"bench_schema_{name}_{uuid.uuid4().hex[:8]}"
+            claims[name] = open_claim(make, table)
+            if name in DUPLICATES:
+                # Duplicates on a table of their own, so that their updates
+                # do not count among the completions' HOT share.
+                twins[name] = open_claim(make, f"{table}_dup", duplicates=True)
         admin.execute("CHECKPOINT")
         for round_ in range(rounds):
             spent = {name: [0, 0.0, 0] for name in claims}  # server ns, client s, WAL bytes
+            duplicate = dict.fromkeys(DUPLICATES, 0)  # server ns
             done = 0
             while done < ops:
                 size = min(chunk, ops - done)
@@ -211,17 +257,29 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250) -> list[
                     spent[name][1] += time.process_time() - client
                     spent[name][2] += int(conn.execute(
                         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn,)).fetchone()[0])
+                    if name in twins:  # the same keys delivered again, on the twin
+                        twin_conn, twin = twins[name]
+                        for key in keys:
+                            twin(key)
+                        twin_pid = twin_conn.info.backend_pid
+                        server = _on_cpu_ns(twin_pid)
+                        for key in keys:
+                            twin.again(key)  # type: ignore[attr-defined]
+                        duplicate[name] += _on_cpu_ns(twin_pid) - server
                 done += size
             for name, (server_ns, client_s, wal) in spent.items():
                 rows.append({"variant": name, "round": round_, "ops": ops,
                              "server_cpu_ms": server_ns / 1e6 / ops,
                              "client_cpu_ms": 1000 * client_s / ops,
-                             "wal_bytes": wal / ops})
+                             "wal_bytes": wal / ops,
+                             "duplicate_cpu_ms": (duplicate[name] / 1e6 / ops
+                                                  if name in duplicate else None)})
         # A backend flushes its table statistics at most once a second, at the
         # end of a transaction.
         time.sleep(1.1)
         hot: dict[str, float] = {}
-        for (conn, table), name in zip(opened, claims, strict=True):
+        for name, (conn, _) in claims.items():
+            table = tables[name]
             conn.execute("SELECT 1")
             hot_updates, updates = admin.execute(
                 "SELECT n_tup_hot_upd, n_tup_upd FROM pg_stat_user_tables WHERE relname = %s",

@@ -52,17 +52,26 @@ def naive_acquire(conn: sa.Connection, table: sa.Table, key: str, racer: int) ->
 
 
 def _round(store: ClaimStore, conn: sa.Connection | None, mode: str, key: str, round_: int,
-           racer: int, barrier: Any, wins: list[tuple[int, int]], coalesced: bool) -> None:
+           racer: int, barrier: Any, wins: list[tuple[int, int]],
+           lost: list[tuple[int, int]] | None = None) -> None:
     """One round of one racer: the naive guard on ``conn``, or the store's
-    acquire (``claim``, coalesced, in a process of threads)."""
+    ``claim`` (what a task runs; coalesced in a process of threads). A
+    delivery that lost records the token of the row it lost to in ``lost``."""
     barrier.wait()
     if conn is not None:
         token = naive_acquire(conn, store.table, key, racer)
     else:
-        claim = store.claim if coalesced else store.acquire
-        won = claim(key, task_name="race", task_id=f"r{racer}", owner=f"racer-{racer}",
-                    payload_digest=None, lease_seconds=60)
+        won = store.claim(key, task_name="race", task_id=f"r{racer}", owner=f"racer-{racer}",
+                          payload_digest=None, lease_seconds=60)
+        if won is None:
+            # As a task does: the statement lost to a row committed after its
+            # snapshot, which a second statement reads (and counts).
+            won = store.lost_to(key, task_id=f"r{racer}", payload_digest=None)
+            assert won is not None, key
+            assert not won.takeable, won
         token = won.token if type(won).__name__ == "Acquired" else None
+        if lost is not None and token is None:
+            lost.append((round_, won.record.token))  # type: ignore[union-attr]
     barrier.wait()  # every racer has tried this round
     if token is not None:
         wins.append((round_, token))
@@ -75,11 +84,14 @@ def race(url: str, table_name: str, mode: str, naive: bool, rounds: int, keys: i
     store = ClaimStore(url, table=table_name, create_schema=False)
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     wins: list[tuple[int, int]] = []
+    lost: list[tuple[int, int]] = []
     try:
         with engine.connect() as conn:
             for round_ in range(rounds):
                 _round(store, conn if naive else None, mode, key_of(mode, round_, keys),
-                       round_, racer, barrier, wins, coalesced=False)
+                       round_, racer, barrier, wins, lost)
+        if not naive:
+            results.put(("lost", lost, None))
         results.put((racer, wins, None))
     except BaseException as exc:  # report, never hang the parent
         results.put((racer, wins, repr(exc)))
@@ -109,7 +121,7 @@ def race_threads(url: str, table_name: str, mode: str, naive: bool, rounds: int,
                 # step: a process's threads claim distinct keys at once.
                 round_ = step * threads + n
                 _round(store, conn, mode, key_of(mode, round_, keys), round_, me, barrier,
-                       wins, coalesced=True)
+                       wins)
             results.put((me, wins, None))
         except BaseException as exc:  # report, never hang the parent
             results.put((me, wins, repr(exc)))

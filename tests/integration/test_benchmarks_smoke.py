@@ -81,7 +81,13 @@ def test_the_schema_costs_run_and_leave_no_table(database_url: str, tmp_path: Pa
     assert by["before"]["hot_share"] == 0
     assert by["stale_index"]["hot_share"] == 0
     assert all(row["wal_bytes"] > 0 for row in report["schema"])
-    assert "where the claim's PostgreSQL cost goes" in capsys.readouterr().out
+    # A duplicate is measured for the claim statements (each asserted that it lost).
+    assert {row["variant"] for row in report["schema"]
+            if row["duplicate_cpu_ms"] is not None} == set(schema.DUPLICATES)
+    assert all(by[name]["duplicate_cpu_ms"] > 0 for name in schema.DUPLICATES)
+    out = capsys.readouterr().out
+    assert "where the claim's PostgreSQL cost goes" in out
+    assert "A duplicate of a finished claim" in out
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:

@@ -5,9 +5,12 @@ Three races, each run many times behind a barrier: for a released key, for a
 key nobody has seen (the INSERT) and for a key whose holder's lease lapsed
 (the takeover). The winners are checked against the database: each key's
 token and attempt count the acquisitions that really happened, and its
-holder is the racer that won. The naive check-then-act guard runs through
-the same harness and must show double winners in the database too, or the
-harness could not see the race at all.
+holder is the racer that won. Each racer claims as a task does (the
+store's ``claim``, then ``lost_to`` where the statement missed a row newer
+than its snapshot): every racer that lost must have been told so, with the
+token of the row it lost to, and counted once as a duplicate. The naive
+check-then-act guard runs through the same harness and must show double
+winners in the database too, or the harness could not see the race at all.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ def seed(store: ClaimStore, mode: str) -> None:
 
 
 def run_race(url: str, store: ClaimStore, mode: str, naive: bool,
-             threads: int = 0) -> Wins:
+             threads: int = 0, lost: list[tuple[int, int]] | None = None) -> Wins:
     """``RACERS`` processes racing; with ``threads``, each process races that
-    many threads through one coalescing store (``RACERS * threads`` racers)."""
+    many threads through one coalescing store (``RACERS * threads`` racers).
+    Racing processes of one thread add to ``lost`` ``(round, token)`` for
+    each delivery that lost: the token of the row its statement said it lost to."""
     seed(store, mode)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(RACERS * (threads or 1), timeout=60)
@@ -68,11 +73,15 @@ def run_race(url: str, store: ClaimStore, mode: str, naive: bool,
     wins: Wins = {}
     batched = 0
     try:
-        for _ in range(RACERS * (threads or 1) + (RACERS if threads else 0)):
+        reports = RACERS * (threads or 1) + (RACERS if threads or not naive else 0)
+        for _ in range(reports):
             racer, racer_wins, error = results.get(timeout=240)
             assert error is None, f"racer {racer} failed: {error}"
             if racer == "batched":
                 batched += racer_wins
+            elif racer == "lost":
+                if lost is not None:
+                    lost.extend(racer_wins)
             else:
                 wins[racer] = racer_wins
     except queue_module.Empty:
@@ -92,10 +101,11 @@ def winners_per_round(wins: Wins) -> Counter[int]:
     return Counter(round_ for racer_wins in wins.values() for round_, _ in racer_wins)
 
 
-def rows(store: ClaimStore) -> dict[str, sa.Row[tuple[int, int, str]]]:
+def rows(store: ClaimStore) -> dict[str, sa.Row[tuple[int, int, str, int]]]:
     t = store.table
     with store.engine.connect() as conn:
-        found = conn.execute(sa.select(t.c.key, t.c.token, t.c.attempt, t.c.task_id))
+        found = conn.execute(sa.select(t.c.key, t.c.token, t.c.attempt, t.c.task_id,
+                                       t.c.duplicates))
         return {row.key: row for row in found}
 
 
@@ -114,10 +124,21 @@ def acquisitions_beyond_one(store: ClaimStore, mode: str) -> int:
 @pytest.mark.parametrize("mode", racers.MODES)
 def test_exactly_one_winner_per_key_and_acquisition(database_url: str, pg_store: ClaimStore,
                                                     mode: str, threads: int) -> None:
-    wins = run_race(database_url, pg_store, mode, naive=False, threads=threads)
+    lost: list[tuple[int, int]] = []
+    wins = run_race(database_url, pg_store, mode, naive=False, threads=threads, lost=lost)
     per_round = winners_per_round(wins)
     assert sorted(per_round) == list(range(ROUNDS)), "a round had no winner"
     assert set(per_round.values()) == {1}, "a round had more than one winner"
+    if not threads:
+        # Every other racer of a round lost, to the row the winner wrote, and
+        # was counted once.
+        won_token = {round_: token for racer_wins in wins.values()
+                     for round_, token in racer_wins}
+        assert len(lost) == ROUNDS * (RACERS - 1)
+        assert all(token == won_token[round_] for round_, token in lost), [
+            (round_, token, won_token[round_]) for round_, token in lost
+            if token != won_token[round_]][:5]
+        assert sum(row.duplicates for row in rows(pg_store).values()) == len(lost)
 
     # The database agrees: one acquisition per round, made by the racer that won it.
     found = rows(pg_store)

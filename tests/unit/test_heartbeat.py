@@ -144,7 +144,12 @@ def test_a_thread_that_ended_is_started_again_by_the_next_hold() -> None:
     store.during_renewal = end_the_thread
     first = Leased(store, "first", lease_seconds=0.15)
     beat.hold(first)
+    ended = beat._thread
+    assert ended is not None
     _wait_for(lambda: beat._thread is None)
+    # Joined: its exception is reported within this test, not a later one.
+    ended.join(timeout=5)
+    assert not ended.is_alive()
     store.during_renewal = None
     beat.drop(first)
     second = Leased(store, "second", lease_seconds=30.0)  # no shorter than before
