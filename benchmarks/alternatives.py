@@ -7,11 +7,18 @@ writes the takeover's value where the acquire's rule lets the delivery take
 the row (``CASE WHEN <rule> THEN <new> ELSE <old> END``) and counts a
 duplicate otherwise; a losing delivery's ``CASE`` branch writes the call's
 ``nonce`` to a setting local to the transaction, which ``RETURNING`` reads
-to tell a loser from a takeover. It is correct (the race suite passed on it,
-losers told apart and counted), but PostgreSQL builds the sixteen ``CASE``
+to tell a loser from a takeover. It is correct: while it was the claim
+statement, the race suite (``tests/integration/test_race.py``) passed on it,
+losers told apart and counted, and failed when the loser's branch no longer
+wrote the setting; the suite now runs the adopted statement. But PostgreSQL
+builds the sixteen ``CASE``
 expressions, each with the rule, for every execution of the prepared
 statement: a first delivery, which never evaluates them, and a duplicate
 both cost more PostgreSQL CPU than with the second CTE (docs/performance.md).
+
+The schema suite passes it one constant nonce: each of its statements runs in
+a transaction of its own (autocommit), which the setting does not outlive. A
+caller that runs several claims in one transaction needs a nonce per call.
 """
 
 from __future__ import annotations

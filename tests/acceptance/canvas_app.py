@@ -47,6 +47,7 @@ from kombu.transport import redis as kombu_redis
 from sqlalchemy.dialects import postgresql
 
 from celery_claim import ClaimTask, claim_completed
+from celery_claim.proof.config import SWEEP_LOCK_SECONDS
 
 ENV = os.environ
 PREFIX = ENV.get("CLAIM_TEST_PREFIX", "canvastest")
@@ -118,7 +119,7 @@ app.conf.update(
         "unacked_restore_throttle": 1,
         # A worker killed while it holds the sweep's lock would hold every
         # sweep off for kombu's default 300 s.
-        "unacked_mutex_expire": 5,
+        "unacked_mutex_expire": SWEEP_LOCK_SECONDS,
     },
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,

@@ -53,6 +53,7 @@ from kombu import Exchange, Queue
 from sqlalchemy.dialects import postgresql
 
 from celery_claim import ClaimTask, claim_lost
+from celery_claim.proof.config import SWEEP_LOCK_SECONDS
 
 ENV = os.environ
 PREFIX = ENV.get("CLAIM_TEST_PREFIX", "claimtest")
@@ -79,7 +80,7 @@ app.conf.update(
         "unacked_restore_throttle": 1,
         # The sweep's lock in Redis outlives a Redis crash in the append-only
         # file; kombu's default (300 s) would hold every sweep off that long.
-        "unacked_mutex_expire": 5,
+        "unacked_mutex_expire": SWEEP_LOCK_SECONDS,
     },
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,

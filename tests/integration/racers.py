@@ -114,6 +114,7 @@ def race_threads(url: str, table_name: str, mode: str, naive: bool, rounds: int,
     def racer(n: int) -> None:
         me = process * threads + n
         wins: list[tuple[int, int]] = []
+        lost: list[tuple[int, int]] = []
         conn = engine.connect() if naive else None
         try:
             for step in range(rounds // threads):
@@ -121,7 +122,9 @@ def race_threads(url: str, table_name: str, mode: str, naive: bool, rounds: int,
                 # step: a process's threads claim distinct keys at once.
                 round_ = step * threads + n
                 _round(store, conn, mode, key_of(mode, round_, keys), round_, me, barrier,
-                       wins)
+                       wins, lost)
+            if not naive:
+                results.put(("lost", lost, None))
             results.put((me, wins, None))
         except BaseException as exc:  # report, never hang the parent
             results.put((me, wins, repr(exc)))

@@ -54,8 +54,8 @@ def run_race(url: str, store: ClaimStore, mode: str, naive: bool,
              threads: int = 0, lost: list[tuple[int, int]] | None = None) -> Wins:
     """``RACERS`` processes racing; with ``threads``, each process races that
     many threads through one coalescing store (``RACERS * threads`` racers).
-    Racing processes of one thread add to ``lost`` ``(round, token)`` for
-    each delivery that lost: the token of the row its statement said it lost to."""
+    Every delivery that lost adds ``(round, token)`` to ``lost``: the token
+    of the row it was told it lost to."""
     seed(store, mode)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(RACERS * (threads or 1), timeout=60)
@@ -73,7 +73,9 @@ def run_race(url: str, store: ClaimStore, mode: str, naive: bool,
     wins: Wins = {}
     batched = 0
     try:
-        reports = RACERS * (threads or 1) + (RACERS if threads or not naive else 0)
+        # Each racer's wins, and its losses unless naive; each process's batches.
+        racers_count = RACERS * (threads or 1)
+        reports = racers_count * (1 if naive else 2) + (RACERS if threads else 0)
         for _ in range(reports):
             racer, racer_wins, error = results.get(timeout=240)
             assert error is None, f"racer {racer} failed: {error}"
@@ -129,16 +131,14 @@ def test_exactly_one_winner_per_key_and_acquisition(database_url: str, pg_store:
     per_round = winners_per_round(wins)
     assert sorted(per_round) == list(range(ROUNDS)), "a round had no winner"
     assert set(per_round.values()) == {1}, "a round had more than one winner"
-    if not threads:
-        # Every other racer of a round lost, to the row the winner wrote, and
-        # was counted once.
-        won_token = {round_: token for racer_wins in wins.values()
-                     for round_, token in racer_wins}
-        assert len(lost) == ROUNDS * (RACERS - 1)
-        assert all(token == won_token[round_] for round_, token in lost), [
-            (round_, token, won_token[round_]) for round_, token in lost
-            if token != won_token[round_]][:5]
-        assert sum(row.duplicates for row in rows(pg_store).values()) == len(lost)
+    # Every other racer of a round lost, to the row the winner wrote, and was
+    # counted once (coalesced: its process's batch, or the second statement).
+    won_token = {round_: token for racer_wins in wins.values() for round_, token in racer_wins}
+    assert len(lost) == ROUNDS * (RACERS - 1)
+    assert all(token == won_token[round_] for round_, token in lost), [
+        (round_, token, won_token[round_]) for round_, token in lost
+        if token != won_token[round_]][:5]
+    assert sum(row.duplicates for row in rows(pg_store).values()) == len(lost)
 
     # The database agrees: one acquisition per round, made by the racer that won it.
     found = rows(pg_store)

@@ -137,19 +137,19 @@ def test_a_thread_that_ended_is_started_again_by_the_next_hold() -> None:
     # greenlet killed, GreenletExit, SystemExit): the next hold must start a
     # new one, or no lease would be renewed again in this process.
     beat, store = Heartbeat(), Store()
+    ended: list[threading.Thread] = []
 
     def end_the_thread() -> None:
+        ended.append(threading.current_thread())
         raise SystemExit
 
     store.during_renewal = end_the_thread
     first = Leased(store, "first", lease_seconds=0.15)
     beat.hold(first)
-    ended = beat._thread
-    assert ended is not None
     _wait_for(lambda: beat._thread is None)
     # Joined: its exception is reported within this test, not a later one.
-    ended.join(timeout=5)
-    assert not ended.is_alive()
+    ended[0].join(timeout=5)
+    assert not ended[0].is_alive()
     store.during_renewal = None
     beat.drop(first)
     second = Leased(store, "second", lease_seconds=30.0)  # no shorter than before
