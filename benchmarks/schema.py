@@ -104,9 +104,12 @@ class _Statements:
         self.task_id = str(uuid.uuid4())
         self.token_at: int | None = None
 
+    def _acquire(self, key: str) -> Any:
+        return self.conn.execute(self.acquire, {**_CLAIM, "key": key, "task_id": self.task_id},
+                                 prepare=True)
+
     def __call__(self, key: str) -> None:
-        cursor = self.conn.execute(self.acquire, {**_CLAIM, "key": key, "task_id": self.task_id},
-                                   prepare=True)
+        cursor = self._acquire(key)
         row = cursor.fetchone()
         if self.token_at is None:
             self.token_at = [c.name for c in cursor.description].index("token")
@@ -114,14 +117,9 @@ class _Statements:
                           prepare=True).fetchone()
 
     def again(self, key: str) -> None:
-        row = self.conn.execute(self.acquire, {**_CLAIM, "key": key, "task_id": self.task_id},
-                                prepare=True).fetchone()
+        row = self._acquire(key).fetchone()
         assert row is not None, key  # lost, in one statement
         assert row[0] is False, row
-
-
-def _statements(conn: Any, acquire: str, complete: str) -> Claim:
-    return _Statements(conn, acquire, complete)
 
 
 def _previous(*, text: bool = False, check: bool = True,
@@ -143,7 +141,7 @@ def _previous(*, text: bool = False, check: bool = True,
         if record:
             ours = Statements(make_table(table), "postgresql")
             claim = ours.driver("claim", driver_dialect("psycopg")).sql
-        return _statements(conn, claim, previous_release.COMPLETE.format(table=table))
+        return _Statements(conn, claim, previous_release.COMPLETE.format(table=table))
     return make
 
 
@@ -164,7 +162,7 @@ def _claims(*, stale_index: bool = False, acquire: str = "claim",
         dialect = driver_dialect("psycopg")
         claim = (alternatives.SINGLE_STATEMENT.format(table=table) if single
                  else statements.driver(acquire, dialect).sql)
-        return _statements(conn, claim, statements.driver(complete, dialect).sql)
+        return _Statements(conn, claim, statements.driver(complete, dialect).sql)
     return make
 
 

@@ -98,10 +98,7 @@ def encode(value: Any, serializer: str) -> Encoded:
     unless the serializer is pickle, as Celery's ``prepare_value`` does.
     """
     if serializer == "json":
-        try:
-            text = _plain_json(value)
-        except ValueError:  # an int past the interpreter's digit limit: kombu says so
-            text = None
+        text = _plain_json(value)
         if text is not None and _kombu_json_is_standard():
             return Encoded(text.encode(), JSON, "utf-8")
     if serializer != "pickle" and type(value) not in _SCALARS \
@@ -126,7 +123,14 @@ _json_string = json.encoder.encode_basestring_ascii  # with ensure_ascii, as jso
 def _plain_json(value: Any) -> str | None:
     """The json text of a plain value (a scalar, or a dict, list or tuple of
     scalars, with str keys), written as kombu's json serializer writes it;
-    ``None`` for anything else (kombu then encodes it)."""
+    ``None`` for anything else (kombu then encodes it, or refuses it)."""
+    try:
+        return _plain_json_text(value)
+    except ValueError:  # an int past the interpreter's digit limit: kombu says so
+        return None
+
+
+def _plain_json_text(value: Any) -> str | None:
     kind = type(value)
     if kind is str:
         return _json_string(value)
