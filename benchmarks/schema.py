@@ -34,6 +34,9 @@ variant                 what it is
 ``no_result``           and a completion that stores no result
 ``no_expiry_index``     and no index on ``expires_at`` (purge's): what is left
                         against the floor is the wider row itself
+``no_verdict``          not adopted (:mod:`benchmarks.alternatives`): ``claim``
+                        without the ``mismatch`` verdict in the duplicate's
+                        branch, which a client could derive from the row
 ``single_statement``    not adopted (:mod:`benchmarks.alternatives`): ``claim``
                         with its claim statement as one ``INSERT .. ON CONFLICT DO
                         UPDATE`` whose ``SET`` counts a duplicate, without the
@@ -147,7 +150,8 @@ def _previous(*, text: bool = False, check: bool = True,
 
 def _claims(*, stale_index: bool = False, acquire: str = "claim",
             complete: str = "complete_with_result",
-            expiry_index: bool = True, single: bool = False) -> Callable[[Any, str], Claim]:
+            expiry_index: bool = True, single: bool = False,
+            verdict: bool = True) -> Callable[[Any, str], Claim]:
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
         for create in ddl(t, "postgresql").split(";\n"):
@@ -160,8 +164,12 @@ def _claims(*, stale_index: bool = False, acquire: str = "claim",
                          "(lease_expires_at) WHERE state = 'running'")
         statements = Statements(t, "postgresql")
         dialect = driver_dialect("psycopg")
-        claim = (alternatives.SINGLE_STATEMENT.format(table=table) if single
-                 else statements.driver(acquire, dialect).sql)
+        if single:
+            claim = alternatives.SINGLE_STATEMENT.format(table=table)
+        elif not verdict:
+            claim = alternatives.without_verdict(table)
+        else:
+            claim = statements.driver(acquire, dialect).sql
         return _Statements(conn, claim, statements.driver(complete, dialect).sql)
     return make
 
@@ -184,6 +192,8 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
                                                                     complete="complete")),
     "no_expiry_index": ("and no index on the expiry (what purge reads)",
                         _claims(acquire="acquire", complete="complete", expiry_index=False)),
+    "no_verdict": ("not adopted: the claim without the mismatch verdict in the duplicate's "
+                   "branch (a client would derive it from the row)", _claims(verdict=False)),
     "single_statement": ("not adopted: the claim as one INSERT ... ON CONFLICT DO UPDATE "
                          "whose SET counts a duplicate, without the duplicate's CTE",
                          _claims(single=True)),
@@ -192,7 +202,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
 
 #: The variants whose claim statement also answers a duplicate: their
 #: PostgreSQL CPU per duplicate of a finished claim is measured too.
-DUPLICATES = ("json_record", "claim", "single_statement")
+DUPLICATES = ("json_record", "claim", "no_verdict", "single_statement")
 
 
 def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250) -> list[dict[str, Any]]:
