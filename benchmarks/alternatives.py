@@ -25,7 +25,7 @@ the row the branch returns, at the price of the acquire's rule written
 twice, once in SQL and once in Python; the schema suite measures what
 that would save a first delivery (docs/performance.md).
 
-The schema suite passes it one constant nonce: each of its statements runs in
+The schema suite passes ``SINGLE_STATEMENT`` one constant nonce: each of its statements runs in
 a transaction of its own (autocommit), which the setting does not outlive. A
 caller that runs several claims in one transaction needs a nonce per call.
 """

@@ -72,18 +72,23 @@ def plan(pools: Sequence[str], variants: Sequence[str], bodies: Sequence[float],
 
 def reordered(cases: Sequence[workers.Case], repeat: int) -> list[workers.Case]:
     """``cases`` with the variants of each pool and body in a new order for
-    each repetition (the same orders from run to run): no variant always
-    follows the same neighbour, whose leftovers (its table's autovacuum, a
-    cold cache) or the machine's drift would otherwise always land on it."""
+    each pair of repetitions, run forwards in the first of the pair and
+    backwards in the second (the same orders from run to run): no variant
+    always follows the same neighbour, whose leftovers (its table's
+    autovacuum, a cold cache) would otherwise always land on it, and over
+    each pair every variant runs as often before another as after it, so
+    that a steady drift of the machine favours neither."""
     out: list[workers.Case] = []
     groups: dict[tuple[str, float, str], list[workers.Case]] = defaultdict(list)
     for case in cases:
         groups[(case.pool, case.body_ms, case.workload)].append(case)
-    shuffle = random.Random(repeat).shuffle
+    shuffle = random.Random(repeat // 2).shuffle
     for group in groups.values():
         group = list(group)
-        if repeat:
+        if repeat // 2:
             shuffle(group)
+        if repeat % 2:
+            group.reverse()
         out += group
     return out
 

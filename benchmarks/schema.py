@@ -45,7 +45,7 @@ variant                 what it is
 
 Each of ``text`` to ``claim`` takes one more cost of ``before`` away: the
 differences between neighbours are what each cost. For the claim statements
-(``json_record``, ``claim``, ``single_statement``) the suite also measures a
+(``json_record``, ``claim``, ``no_verdict``, ``single_statement``) the suite also measures a
 duplicate of a finished claim: the same keys delivered again.
 """
 

@@ -19,6 +19,7 @@ the database refused gets the refusal, and the others their answers.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Hashable, Sequence
@@ -147,6 +148,13 @@ class Coalescer:
 Run = Callable[[str, str, dict[str, Any]], Any]
 
 
+def _json(rows: list[dict[str, Any]]) -> str:
+    """A batch's rows as the statement's one JSON parameter. Floats that JSON
+    cannot hold (NaN, infinity) raise here, and the batch's calls then run
+    their own statements, as for any refused batch."""
+    return json.dumps(rows, allow_nan=False, separators=(",", ":"))
+
+
 class CoalescedStatements:
     """The store's ``claim`` and its plain completion, coalesced.
 
@@ -164,11 +172,12 @@ class CoalescedStatements:
     def _claim_many(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
         first = batch[0]
         params = {
-            "keys": [p["key"] for p in batch], "task_names": [p["task_name"] for p in batch],
-            "task_ids": [p["task_id"] for p in batch], "owners": [p["owner"] for p in batch],
-            "payload_digests": [p["payload_digest"] for p in batch],
-            "leases": [float(p["lease_seconds"]) for p in batch],
-            "ttls": [float(p["ttl_seconds"]) for p in batch],
+            "batch": _json([{
+                "key": p["key"], "task_name": p["task_name"], "task_id": p["task_id"],
+                "owner": p["owner"], "payload_digest": p["payload_digest"],
+                "lease_seconds": float(p["lease_seconds"]),
+                "ttl_seconds": float(p["ttl_seconds"])} for p in batch]),
+            "keys": [p["key"] for p in batch],
             "retry_failed": first["retry_failed"], "check_payload": first["check_payload"],
         }
         rows = {row.key: row for row in self._run("acquire", "claim_many", params).rows}
@@ -179,13 +188,13 @@ class CoalescedStatements:
         return self._run("complete", name, params).first() is not None
 
     def _complete_many(self, batch: Sequence[dict[str, Any]]) -> list[bool]:
-        params = {
-            "keys": [p["key"] for p in batch], "tokens": [p["token"] for p in batch],
-            "states": [p["state"] for p in batch], "errors": [p["error"] for p in batch],
-            "ttls": [float(p["ttl_seconds"]) for p in batch],
-            **{f"{column}s": [p.get(column) for p in batch]
-               for column in ("result", "result_content_type", "result_content_encoding")},
-        }
+        params = {"batch": _json([{
+            "key": p["key"], "token": p["token"], "state": p["state"], "error": p["error"],
+            "ttl_seconds": float(p["ttl_seconds"]),
+            "result": None if p.get("result") is None else p["result"].hex(),
+            "result_content_type": p.get("result_content_type"),
+            "result_content_encoding": p.get("result_content_encoding")} for p in batch]),
+            "keys": [p["key"] for p in batch]}
         done = {(row.key, row.token)
                 for row in self._run("complete", "complete_many", params).rows}
         return [(p["key"], p["token"]) in done for p in batch]

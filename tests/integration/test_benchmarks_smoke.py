@@ -96,3 +96,12 @@ def test_the_schema_costs_run_and_leave_no_table(database_url: str, tmp_path: Pa
     finally:
         engine.dispose()
     assert left == 0
+
+
+def test_the_batch_parameters_benchmark_runs(database_url: str) -> None:
+    from benchmarks import batch_params
+
+    rows = batch_params.measure(database_url, sizes=(2,), times=10)
+    assert {row["form"] for row in rows} == {
+        "claim_many, JSON", "claim_many, arrays", "complete_many, JSON", "complete_many, arrays"}
+    assert all(row["us"] > 0 for row in rows)
