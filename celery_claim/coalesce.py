@@ -151,8 +151,11 @@ Run = Callable[[str, str, dict[str, Any]], Any]
 def _json(rows: list[dict[str, Any]]) -> str:
     """A batch's rows as the statement's one JSON parameter. Floats that JSON
     cannot hold (NaN, infinity) raise here, and the batch's calls then run
-    their own statements, as for any refused batch."""
-    return json.dumps(rows, allow_nan=False, separators=(",", ":"))
+    their own statements, as for any refused batch. Text goes as it is, not
+    as ``\\u`` escapes: encoded to the connection's encoding like any other
+    parameter (a string that cannot be, such as a lone surrogate, refuses the
+    batch), never decoded by PostgreSQL's JSON parser into something else."""
+    return json.dumps(rows, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 class CoalescedStatements:

@@ -27,8 +27,11 @@ BINARY = results.Encoded(b"\x00\xff\x80\x01binary", "application/x-python-serial
 TEXT = results.Encoded(b'{"amount": "12.50"}', "application/json", "utf-8")
 
 
-def _params(key: str, task_id: str, digest: str | None) -> dict[str, Any]:
-    return {"key": key, "task_id": task_id, "payload_digest": digest, **CLAIM}
+def _params(key: str, task_id: str, digest: str | None, n: int = 0) -> dict[str, Any]:
+    # A lease and a retention of each row's own, so that a batch that mixed
+    # them up, between rows or between the two, would store other times.
+    return {**CLAIM, "key": key, "task_id": task_id, "payload_digest": digest,
+            "lease_seconds": 30.0 + n, "ttl_seconds": 3600.0 + 60 * n}
 
 
 def _claims(store: ClaimStore, batch: list[dict[str, Any]], *, coalesced: bool) -> list[Any]:
@@ -50,8 +53,12 @@ def _record(store: ClaimStore, key: str) -> dict[str, Any]:
     found = store.get(key)
     assert found is not None, key
     values = _fields(found)
-    for name in ("key", "lease_expires_at", "created_at", "updated_at", "finished_at",
-                 "expires_at", "db_now"):
+    # Times as spans from the row's last write: the same on either side.
+    for name in ("lease_expires_at", "expires_at", "finished_at"):
+        at = values.pop(name)
+        values[f"{name} - updated_at"] = (
+            None if at is None else round((at - found.updated_at).total_seconds()))
+    for name in ("key", "created_at", "updated_at", "db_now"):
         values.pop(name)
     return values
 
@@ -95,19 +102,22 @@ def _run_story(store: ClaimStore, prefix: str, *, coalesced: bool) -> dict[str, 
             assert store.complete(key, won.token, result=TEXT, has_result=True,
                                   ttl_seconds=3600.0)
     fresh = [f"{prefix}{key}" for key in AWKWARD]
-    batch = [_params(key, f"task-{n}", None) for n, key in enumerate(fresh)]
+    batch = [_params(key, f"task-{n}", None, n) for n, key in enumerate(fresh)]
     batch += [_params(done, _task_id(done, 1), "a" * 64),  # the same job again
               _params(other, _task_id(other, 2), "b" * 64),  # another job, same key
               _params(released, _task_id(released, 2), "a" * 64)]  # released: taken over
     rows = _claims(store, batch, coalesced=coalesced)
     answers = [_answer(row) for row in rows]
+    # The last fresh key stays running: its lease and expiry as the batch set them.
     taken = [(p, row) for p, row in zip(batch, rows, strict=True)
-             if row is not None and row.won]
+             if row is not None and row.won and p["key"] != fresh[-1]]
     completions = []
     for n, (params, row) in enumerate(taken):
         completion: dict[str, Any] = {"key": params["key"], "token": row.token,
                                       "state": "succeeded", "error": None,
-                                      "ttl_seconds": 3600.0}
+                                      "ttl_seconds": 7200.0 + 60 * n}
+        if n == 2:  # a failure, with an error beyond ASCII
+            completion.update(state="failed", error="Karte abgelehnt: «Limit» überschritten")
         if n % 3 == 0:
             completion.update(result=BINARY.payload, result_content_type=BINARY.content_type,
                               result_content_encoding=BINARY.content_encoding)
@@ -134,9 +144,17 @@ def test_a_batch_claims_and_completes_each_delivery_as_the_one_row_statements_do
     assert answers[5][2] is True  # other arguments under the key: mismatch
     assert answers[4][3]["stored_result"] == TEXT  # a duplicate reads the stored result
     assert answers[6][1:] == (2, 2)  # the released claim taken over: token 2, attempt 2
-    assert one_by_one["completed"] == [True] * 5 + [False]
+    assert one_by_one["completed"] == [True] * 4 + [False]
+    records = one_by_one["records"]
+    assert records[2]["state"] == "failed"
+    assert records[2]["error"] == "Karte abgelehnt: «Limit» überschritten"
+    # Each completion's own retention, and the running one's own lease and expiry.
+    assert [r["expires_at - updated_at"] for r in records[:3]] == [7200, 7260, 7320]
+    assert records[3]["state"] == "running"
+    assert records[3]["lease_expires_at - updated_at"] == 33
+    assert records[3]["expires_at - updated_at"] == 33 + 3780
     stored = [r["stored_result"] for r in one_by_one["records"][:4]]
-    assert stored == [BINARY, TEXT, None, BINARY]
+    assert stored == [BINARY, TEXT, None, None]
     assert [r["task_id"] for r in one_by_one["records"][:4]] == [f"task-{n}" for n in range(4)]
     assert one_by_one["records"][-1]["state"] == "running"  # the fenced-out one's holder
     # ... and the batch did exactly the same, row for row.
@@ -145,8 +163,9 @@ def test_a_batch_claims_and_completes_each_delivery_as_the_one_row_statements_do
 
 def test_a_batch_the_database_refuses_is_an_error_not_a_partial_batch(
         pg_store: ClaimStore) -> None:
-    # A NUL cannot be stored in text: the batch is refused whole (the
-    # coalescer then runs each call's own statement, which gets the refusal).
+    # A NUL cannot be stored in text: the batch is refused whole, here by
+    # psycopg before it is sent (the coalescer then runs each call's own
+    # statement, which gets the refusal).
     batch = [_params("fine", "t-1", None), _params("bad\x00key", "t-2", None)]
     assert pg_store.coalesced is not None
     with pytest.raises(errors.ClaimStoreRefused, match=r"NUL|Unicode"):
