@@ -32,8 +32,6 @@ caller that runs several claims in one transaction needs a nonce per call.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from celery_claim import sql, sql_claim
 from celery_claim.statements import DriverStatement, driver_dialect
 
@@ -41,20 +39,9 @@ from celery_claim.statements import DriverStatement, driver_dialect
 def without_verdict(table: str) -> str:
     """The claim statement without the ``mismatch`` column in its lost branch
     (psycopg's ``%(name)s`` placeholders), on ``table``."""
-    t = sql.make_table(table)
-    won = sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt).cte("won")
-    lost = (sa.update(t).where(t.c.key == sql._p("key"),
-                               ~sa.exists(sa.select(1).select_from(won)))
-            .values(duplicates=t.c.duplicates + 1)
-            .returning(t.c.token, t.c.attempt, sql_claim._row_json(t).label("record"),
-                       sql.db_now().label("db_now"), sql_claim._quick_commit())
-            .cte("lost"))
-    statement = sa.union_all(
-        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, lost.c.record,
-                  lost.c.db_now, lost.c.quick_commit),
-        sa.select(sa.true(), won.c.token, won.c.attempt, sa.null(), sa.null(), sa.null()),
-    )
+    statement = sql_claim._claim(sql.make_table(table), "postgresql", verdict=False)
     return DriverStatement.compile("claim", statement, driver_dialect("psycopg")).sql
+
 
 SINGLE_STATEMENT = (
     'INSERT INTO {table} (key, state, token, task_name, task_id, attempt, owner, payload_dige'
