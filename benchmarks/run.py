@@ -233,7 +233,12 @@ def coalesce_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def schema_table(rows: list[dict[str, Any]]) -> str:
+def schema_table(rows: list[dict[str, Any]],
+                 variants: dict[str, tuple[str, Any]] | None = None,
+                 duplicate_variants: tuple[str, ...] | None = None) -> str:
+    variants = schema_bench.VARIANTS if variants is None else variants
+    duplicate_variants = (schema_bench.DUPLICATES if duplicate_variants is None
+                          else duplicate_variants)
     lines = ["\n#### Store: where the claim's PostgreSQL cost goes, one client "
              "(medians of the rounds; ratios taken within each round)\n",
              "| variant | what it is | PostgreSQL CPU ms per claim | vs floor | vs before | "
@@ -253,7 +258,7 @@ def schema_table(rows: list[dict[str, Any]]) -> str:
         ratios = [r["server_cpu_ms"] / per_round[r["round"]] for r in by[name]]
         return f"{statistics.median(ratios):.2f}"
 
-    for name, (what, _) in schema_bench.VARIANTS.items():
+    for name, (what, _) in variants.items():
         if name not in by:
             continue
         lines.append(f"| {name} | {what} | {median(name, 'server_cpu_ms'):.3f} | "
@@ -261,7 +266,7 @@ def schema_table(rows: list[dict[str, Any]]) -> str:
                      f"{median(name, 'client_cpu_ms'):.3f} | {median(name, 'wal_bytes'):.0f} | "
                      f"{100 * median(name, 'hot_share'):.0f}% | "
                      + ", ".join(f"{r['server_cpu_ms']:.3f}" for r in by[name]) + " |")
-    duplicates = [name for name in schema_bench.DUPLICATES if name in by]
+    duplicates = [name for name in duplicate_variants if name in by]
     if duplicates:
         lines += ["\nA duplicate of a finished claim, the same statement:\n",
                   "| variant | PostgreSQL CPU ms per duplicate | vs its first delivery | "

@@ -205,12 +205,19 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
 DUPLICATES = ("json_record", "claim", "no_verdict", "single_statement")
 
 
-def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250) -> list[dict[str, Any]]:
+def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,
+          variants: dict[str, tuple[str, Callable[[Any, str], Claim]]] | None = None,
+          duplicates: tuple[str, ...] | None = None,
+          prefix: str = "bench_schema") -> list[dict[str, Any]]:
     """PostgreSQL CPU, client CPU and WAL per claim for every variant and round
     (``ops`` claims per variant and round, in chunks of ``chunk``), and the
     share of each variant's completions that were HOT updates; for the
-    :data:`DUPLICATES` variants, PostgreSQL CPU per duplicate of a finished
-    claim (each chunk's keys delivered again)."""
+    ``duplicates`` variants, PostgreSQL CPU per duplicate of a finished
+    claim (each chunk's keys delivered again). ``variants`` and
+    ``duplicates`` default to :data:`VARIANTS` and :data:`DUPLICATES`; the
+    tables are named ``{prefix}_{variant}_{random}``, and dropped at the end."""
+    variants = VARIANTS if variants is None else variants
+    duplicates = DUPLICATES if duplicates is None else duplicates
     import psycopg
 
     dsn = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(
@@ -237,17 +244,17 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250) -> list[
         return conn, one
 
     try:
-        for name, (_, make) in VARIANTS.items():
-            table = tables[name] = f"bench_schema_{name}_{uuid.uuid4().hex[:8]}"
+        for name, (_, make) in variants.items():
+            table = tables[name] = f"{prefix}_{name}_{uuid.uuid4().hex[:8]}"
             claims[name] = open_claim(make, table)
-            if name in DUPLICATES:
+            if name in duplicates:
                 # Duplicates on a table of their own, so that their updates
                 # do not count among the completions' HOT share.
                 twins[name] = open_claim(make, f"{table}_dup", duplicates=True)
         admin.execute("CHECKPOINT")
         for round_ in range(rounds):
             spent = {name: [0, 0.0, 0] for name in claims}  # server ns, client s, WAL bytes
-            duplicate = dict.fromkeys(DUPLICATES, 0)  # server ns
+            duplicate = dict.fromkeys(duplicates, 0)  # server ns
             done = 0
             while done < ops:
                 size = min(chunk, ops - done)

@@ -66,7 +66,6 @@ def test_the_paths_comparison_runs_alone(database_url: str, tmp_path: Path,
 
 def test_the_schema_costs_run_and_leave_no_table(database_url: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    import sqlalchemy as sa
 
     from benchmarks import schema
 
@@ -88,14 +87,22 @@ def test_the_schema_costs_run_and_leave_no_table(database_url: str, tmp_path: Pa
     out = capsys.readouterr().out
     assert "where the claim's PostgreSQL cost goes" in out
     assert "A duplicate of a finished claim" in out
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            left = conn.execute(sa.text(
-                "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'bench_schema_%'")).scalar()
-    finally:
-        engine.dispose()
-    assert left == 0
+    assert _tables_named(database_url, 'bench_schema_%') == 0
+
+
+def test_the_claim_parts_benchmark_runs_and_leaves_no_table(
+        database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+
+    from benchmarks import claim_parts
+
+    rows = claim_parts.main(["--database-url", database_url, "--rounds", "1", "--ops", "20"])
+    assert [row["variant"] for row in rows] == list(claim_parts.VARIANTS)
+    # Each claim statement answered a duplicate as lost (asserted as it ran).
+    assert {row["variant"] for row in rows if row["duplicate_cpu_ms"] is not None} == \
+        set(claim_parts.DUPLICATES)
+    assert all(row["server_cpu_ms"] > 0 for row in rows)
+    assert "| multi_assign |" in capsys.readouterr().out
+    assert _tables_named(database_url, 'bench_parts_%') == 0
 
 
 def test_the_batch_parameters_benchmark_runs(database_url: str) -> None:
@@ -105,3 +112,17 @@ def test_the_batch_parameters_benchmark_runs(database_url: str) -> None:
     assert {row["form"] for row in rows} == {
         "claim_many, JSON", "claim_many, arrays", "complete_many, JSON", "complete_many, arrays"}
     assert all(row["us"] > 0 for row in rows)
+
+
+def _tables_named(database_url: str, pattern: str) -> int:
+    """How many tables have a name ``LIKE pattern``."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(
+                "SELECT count(*) FROM pg_tables WHERE tablename LIKE :pattern"),
+                {"pattern": pattern}).scalar_one())
+    finally:
+        engine.dispose()

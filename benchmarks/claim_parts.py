@@ -1,0 +1,206 @@
+"""The duplicate's branch of the claim statement, taken apart: what each of
+its parts costs a first delivery in PostgreSQL CPU, and two other forms of
+it that were measured and not adopted.
+
+    python -m benchmarks.claim_parts [--rounds 7]
+
+It runs as ``python -m benchmarks.run --suite schema`` does (one client,
+each variant on its own table and connection, prepared autocommit
+statements with generic plans, chunks interleaved in a new order each
+round; :func:`benchmarks.schema.costs`), with these variants:
+
+==================  ==========================================================
+variant             what it is
+==================  ==========================================================
+``floor``           the floor: three columns, two statements
+``acquire``         this release's table, the acquire alone (no duplicate's
+                    branch: a duplicate would take a second statement)
+``acquire_in_cte``  the acquire as the claim statement holds it: in a CTE,
+                    its row selected from it, still no duplicate's branch
+``claim``           the claim statement ``ClaimStore`` runs: the acquire's CTE
+                    and the duplicate's branch, an ``UPDATE`` that counts the
+                    duplicate and returns the row it lost to
+``claim_read``      not adopted: the duplicate's branch as a locking read
+                    (``SELECT .. FOR UPDATE``) of the same row, without the
+                    count: what the count's ``UPDATE`` costs a first delivery
+``multi_assign``    not adopted: one ``INSERT .. ON CONFLICT DO UPDATE`` whose
+                    ``SET`` is a single assignment of all the columns from a
+                    sub-``SELECT`` that evaluates the acquire's rule once, and
+                    keeps each column or writes the takeover's value (the
+                    other one-statement form, ``single_statement`` in the
+                    schema suite, repeats the rule in every column's ``CASE``)
+==================  ==========================================================
+
+Every variant completes with the claim's ``complete_with_result``, except
+the floor. For ``claim``, ``claim_read`` and ``multi_assign`` it also
+measures a duplicate of a finished claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from benchmarks.schema import Claim, _floor, _Statements, costs
+from celery_claim import sql, sql_claim
+from celery_claim.sql import _p, db_now, ddl, make_table
+from celery_claim.statements import DriverStatement, Statements, driver_dialect
+
+__all__ = ["VARIANTS", "main"]
+
+DEFAULT_URL = os.environ.get("CELERY_CLAIM_TEST_DATABASE_URL",
+                             "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _acquire_in_cte(t: sa.Table) -> Any:
+    won = sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt).cte("won")
+    return sa.select(sa.true().label("won"), won.c.token, won.c.attempt)
+
+
+def _claim_read(t: sa.Table) -> Any:
+    """The claim statement with its duplicate's branch a locking read, not an
+    UPDATE: the same row, the same columns, no count."""
+    won = sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt).cte("won")
+    _, mismatch = sql._takes(t, digest=_p("payload_digest", sa.String),
+                             task_id=_p("task_id", sa.String), now=db_now())
+    lost = (sa.select(t.c.token, t.c.attempt, sql_claim._row_json(t).label("record"),
+                      db_now().label("db_now"), mismatch.label("mismatch"))
+            .where(t.c.key == _p("key"), ~sa.exists(sa.select(1).select_from(won)))
+            .with_for_update().cte("lost"))
+    others = [c for c in lost.c if c.name not in ("token", "attempt")]
+    return sa.union_all(
+        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, *others),
+        sa.select(sa.true(), won.c.token, won.c.attempt, *[sa.null() for _ in others]),
+    )
+
+
+#: The columns a takeover writes, and the value it writes (``T`` the row).
+_TAKEOVER = (
+    ("state", "'running'"), ("token", "T.token + 1"), ("task_name", "excluded.task_name"),
+    ("task_id", "excluded.task_id"), ("attempt", "T.attempt + 1"), ("owner", "excluded.owner"),
+    ("payload_digest", "excluded.payload_digest"), ("result", "NULL"),
+    ("result_content_type", "NULL"), ("result_content_encoding", "NULL"), ("error", "NULL"),
+    ("lease_expires_at", "excluded.lease_expires_at"), ("updated_at", "statement_timestamp()"),
+    ("finished_at", "NULL"), ("expires_at", "excluded.expires_at"),
+)
+_RULE = (
+    "(T.expires_at IS NOT NULL AND T.expires_at < statement_timestamp() AND T.state <> 'running'"
+    " OR (T.state = 'released' OR T.state = 'failed' AND %(retry_failed)s"
+    " OR T.state = 'running' AND T.lease_expires_at < statement_timestamp())"
+    " AND (NOT %(check_payload)s OR T.payload_digest IS NULL OR excluded.payload_digest IS NULL"
+    " OR T.payload_digest = excluded.payload_digest OR T.task_id = excluded.task_id))"
+)
+_MISMATCH = (
+    "NOT (T.expires_at IS NOT NULL AND T.expires_at < statement_timestamp()"
+    " AND T.state <> 'running') AND NOT (NOT %(check_payload)s OR T.payload_digest IS NULL"
+    " OR %(payload_digest)s::text IS NULL OR T.payload_digest = %(payload_digest)s::text"
+    " OR T.task_id = %(task_id)s::text)"
+)
+
+
+def multi_assign(table: str) -> str:
+    """The ``multi_assign`` claim statement on ``table`` (psycopg's
+    ``%(name)s`` placeholders). As ``single_statement``, a loser's branch
+    writes the call's ``nonce`` to a setting local to the transaction, which
+    ``RETURNING`` compares to tell a loser from a takeover."""
+    keep_or_take = ", ".join(f"CASE WHEN x.take THEN {new} ELSE T.{column} END"
+                             for column, new in _TAKEOVER)
+    count = ("CASE WHEN x.take THEN T.duplicates ELSE T.duplicates + 1"
+             " + length(set_config('celery_claim.lost', %(nonce)s, true)) * 0 END")
+    lost = "current_setting('celery_claim.lost', true) = %(nonce)s"
+    # The table's name is the benchmark's own.
+    statement = (
+        "INSERT INTO T (key, state, token, task_name, task_id, attempt, owner, payload_digest,"  # noqa: S608
+        " duplicates, lease_expires_at, created_at, updated_at, expires_at)"
+        " VALUES (%(key)s, 'running', 1, %(task_name)s, %(task_id)s, 1, %(owner)s,"
+        " %(payload_digest)s, 0, statement_timestamp() + make_interval(secs => %(lease_seconds)s),"
+        " statement_timestamp(), statement_timestamp(),"
+        " statement_timestamp() + make_interval(secs => %(lease_seconds)s + %(ttl_seconds)s))"
+        f" ON CONFLICT (key) DO UPDATE SET ({', '.join(c for c, _ in _TAKEOVER)}, duplicates)"
+        f" = (SELECT {keep_or_take}, {count} FROM (SELECT {_RULE} AS take) AS x)"
+        f" RETURNING ({lost}) IS NOT TRUE AS won, T.token, T.attempt,"
+        f" CASE WHEN {lost} THEN CAST(row_to_json(T.*) AS TEXT) END AS record,"
+        f" statement_timestamp() AS db_now, CASE WHEN {lost} THEN {_MISMATCH} END AS mismatch"
+    )
+    return statement.replace("INSERT INTO T ", f"INSERT INTO {table} ").replace("T.", f"{table}.")
+
+
+def _variant(claim: Callable[[sa.Table], Any]) -> Callable[[Any, str], Claim]:
+    """A variant whose claim statement is ``claim(table)``: SQLAlchemy's, or SQL text."""
+    def make(conn: Any, table: str) -> Claim:
+        t = make_table(table)
+        for create in ddl(t, "postgresql").split(";\n"):
+            if create.strip():
+                conn.execute(create)
+        dialect = driver_dialect("psycopg")
+        built = claim(t)
+        text = built if isinstance(built, str) else \
+            DriverStatement.compile("claim", built, dialect).sql
+        complete = Statements(t, "postgresql").driver("complete_with_result", dialect).sql
+        return _Statements(conn, text, complete)
+    return make
+
+
+def _adopted(name: str) -> Callable[[sa.Table], Any]:
+    return lambda t: sql.STATEMENTS[name][1](t, "postgresql") if name in sql.STATEMENTS \
+        else sql_claim.STATEMENTS[name][1](t, "postgresql")
+
+
+#: Each variant: what it is, and how to make its table and claim on a connection.
+VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
+    "floor": ("the floor: three columns, two statements", _floor),
+    "acquire": ("the acquire alone, no duplicate's branch", _variant(_adopted("acquire"))),
+    "acquire_in_cte": ("the acquire in the claim statement's CTE, no duplicate's branch",
+                       _variant(_acquire_in_cte)),
+    "claim": ("the claim statement ClaimStore runs", _variant(_adopted("claim"))),
+    "claim_read": ("not adopted: the duplicate's branch a locking read, without the count",
+                   _variant(_claim_read)),
+    "multi_assign": ("not adopted: one INSERT .. ON CONFLICT DO UPDATE, the rule evaluated "
+                     "once in a sub-SELECT", _variant(lambda t: multi_assign(t.name))),
+}
+
+#: The variants whose claim statement also answers a duplicate.
+DUPLICATES = ("claim", "claim_read", "multi_assign")
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """Medians over the rounds; the difference to ``claim`` taken within each round."""
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by[row["variant"]].append(row)
+    claim = {r["round"]: r["server_cpu_ms"] for r in by["claim"]}
+    lines = ["| variant | what it is | PostgreSQL CPU ms per first delivery | against claim, ms | "
+             "PostgreSQL CPU ms per duplicate | per round (first delivery) |",
+             "|---|---|---|---|---|---|"]
+    for name, (what, _) in VARIANTS.items():
+        if name not in by:
+            continue
+        cpu = [r["server_cpu_ms"] for r in by[name]]
+        against = statistics.median(r["server_cpu_ms"] - claim[r["round"]] for r in by[name])
+        duplicate = [r["duplicate_cpu_ms"] for r in by[name] if r["duplicate_cpu_ms"] is not None]
+        lines.append(f"| {name} | {what} | {statistics.median(cpu):.4f} | {against:+.4f} | "
+                     + (f"{statistics.median(duplicate):.4f}" if duplicate else "-") + " | "
+                     + ", ".join(f"{v:.4f}" for v in cpu) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--ops", type=int, default=2000, help="claims per variant and round")
+    args = parser.parse_args(argv)
+    rows = costs(args.database_url, args.ops, args.rounds, variants=VARIANTS,
+                 duplicates=DUPLICATES, prefix="bench_parts")
+    print(table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
