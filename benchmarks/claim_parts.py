@@ -2,47 +2,53 @@
 its parts costs a first delivery in PostgreSQL CPU, and two other forms of
 it that were measured and not adopted.
 
-    python -m benchmarks.claim_parts [--rounds 7]
+    python -m benchmarks.claim_parts [--rounds 9] [--json PATH]
 
 It runs as ``python -m benchmarks.run --suite schema`` does (one client,
 each variant on its own table and connection, prepared autocommit
 statements with generic plans, chunks interleaved in a new order each
 round; :func:`benchmarks.schema.costs`), with these variants:
 
-==================  ==========================================================
-variant             what it is
-==================  ==========================================================
-``floor``           the floor: three columns, two statements
-``acquire``         this release's table, the acquire alone (no duplicate's
-                    branch: a duplicate would take a second statement)
-``acquire_in_cte``  the acquire as the claim statement holds it: in a CTE,
-                    its row selected from it, still no duplicate's branch
-``claim``           the claim statement ``ClaimStore`` runs: the acquire's CTE
-                    and the duplicate's branch, an ``UPDATE`` that counts the
-                    duplicate and returns the row it lost to
-``claim_read``      not adopted: the duplicate's branch as a locking read
-                    (``SELECT .. FOR UPDATE``) of the same row, without the
-                    count: what the count's ``UPDATE`` costs a first delivery
-``multi_assign``    not adopted: one ``INSERT .. ON CONFLICT DO UPDATE`` whose
-                    ``SET`` is a single assignment of all the columns from a
-                    sub-``SELECT`` that evaluates the acquire's rule once, and
-                    keeps each column or writes the takeover's value (the
-                    other one-statement form, ``single_statement`` in the
-                    schema suite, repeats the rule in every column's ``CASE``)
-==================  ==========================================================
+====================  ==========================================================
+variant               what it is
+====================  ==========================================================
+``floor``             the floor: three columns, two statements
+``acquire``           this release's table, the acquire alone (no duplicate's
+                      branch: a duplicate would take a second statement)
+``acquire_in_cte``    the acquire as the claim statement holds it: in a CTE,
+                      its row selected from it, still no duplicate's branch
+``claim``             the claim statement ``ClaimStore`` runs: the acquire's CTE
+                      and the duplicate's branch, an ``UPDATE`` that counts the
+                      duplicate and returns the row it lost to
+``claim_read``        not adopted: the duplicate's branch as a locking read
+                      (``SELECT .. FOR UPDATE``) of the same row, without the
+                      count: what the count's ``UPDATE`` costs a first delivery
+``multi_assign``      not adopted: one ``INSERT .. ON CONFLICT DO UPDATE`` whose
+                      ``SET`` is a single assignment of all the columns from a
+                      sub-``SELECT`` that evaluates the acquire's rule once, and
+                      keeps each column or writes the takeover's value (the
+                      other one-statement form, ``single_statement`` in the
+                      schema suite, repeats the rule in every column's ``CASE``)
+``verdict_in_where``  not adopted: one ``INSERT .. ON CONFLICT DO UPDATE`` whose
+                      ``WHERE`` evaluates the rule once and records the verdict
+                      in a setting, which every column's ``CASE`` and
+                      ``RETURNING`` read
+====================  ==========================================================
 
 Every variant completes with the claim's ``complete_with_result``, except
-the floor. For ``claim``, ``claim_read`` and ``multi_assign`` it also
-measures a duplicate of a finished claim.
+the floor. For the four claim statements (``claim`` and the three not
+adopted) it also measures a duplicate of a finished claim.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -65,12 +71,14 @@ def _acquire_in_cte(t: sa.Table) -> Any:
 
 def _claim_read(t: sa.Table) -> Any:
     """The claim statement with its duplicate's branch a locking read, not an
-    UPDATE: the same row, the same columns, no count."""
+    UPDATE: the same row, the same columns (the duplicate's commit without
+    waiting for its flush included), no count."""
     won = sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt).cte("won")
     _, mismatch = sql._takes(t, digest=_p("payload_digest", sa.String),
                              task_id=_p("task_id", sa.String), now=db_now())
     lost = (sa.select(t.c.token, t.c.attempt, sql_claim._row_json(t).label("record"),
-                      db_now().label("db_now"), mismatch.label("mismatch"))
+                      db_now().label("db_now"), mismatch.label("mismatch"),
+                      sql_claim._quick_commit())
             .where(t.c.key == _p("key"), ~sa.exists(sa.select(1).select_from(won)))
             .with_for_update().cte("lost"))
     others = [c for c in lost.c if c.name not in ("token", "attempt")]
@@ -80,7 +88,7 @@ def _claim_read(t: sa.Table) -> Any:
     )
 
 
-#: The columns a takeover writes, and the value it writes (``T`` the row).
+#: The columns a takeover writes, and the value it writes (``T``, the table's alias, the row).
 _TAKEOVER = (
     ("state", "'running'"), ("token", "T.token + 1"), ("task_name", "excluded.task_name"),
     ("task_id", "excluded.task_id"), ("attempt", "T.attempt + 1"), ("owner", "excluded.owner"),
@@ -88,6 +96,15 @@ _TAKEOVER = (
     ("result_content_type", "NULL"), ("result_content_encoding", "NULL"), ("error", "NULL"),
     ("lease_expires_at", "excluded.lease_expires_at"), ("updated_at", "statement_timestamp()"),
     ("finished_at", "NULL"), ("expires_at", "excluded.expires_at"),
+)
+#: The columns and values of a new claim, as the claim statement inserts them.
+_VALUES = (
+    "(key, state, token, task_name, task_id, attempt, owner, payload_digest,"
+    " duplicates, lease_expires_at, created_at, updated_at, expires_at)"
+    " VALUES (%(key)s, 'running', 1, %(task_name)s, %(task_id)s, 1, %(owner)s,"
+    " %(payload_digest)s, 0, statement_timestamp() + make_interval(secs => %(lease_seconds)s),"
+    " statement_timestamp(), statement_timestamp(),"
+    " statement_timestamp() + make_interval(secs => %(lease_seconds)s + %(ttl_seconds)s))"
 )
 _RULE = (
     "(T.expires_at IS NOT NULL AND T.expires_at < statement_timestamp() AND T.state <> 'running'"
@@ -108,27 +125,56 @@ def multi_assign(table: str) -> str:
     """The ``multi_assign`` claim statement on ``table`` (psycopg's
     ``%(name)s`` placeholders). As ``single_statement``, a loser's branch
     writes the call's ``nonce`` to a setting local to the transaction, which
-    ``RETURNING`` compares to tell a loser from a takeover."""
+    ``RETURNING`` compares to tell a loser from a takeover; a loser's commit,
+    as the claim's, does not wait for its flush. ``OFFSET 0`` keeps the rule's
+    sub-``SELECT`` a subquery of its own, evaluated once per row: without it
+    PostgreSQL would pull it up, and copy the rule into every ``CASE``."""
     keep_or_take = ", ".join(f"CASE WHEN x.take THEN {new} ELSE T.{column} END"
                              for column, new in _TAKEOVER)
     count = ("CASE WHEN x.take THEN T.duplicates ELSE T.duplicates + 1"
              " + length(set_config('celery_claim.lost', %(nonce)s, true)) * 0 END")
     lost = "current_setting('celery_claim.lost', true) = %(nonce)s"
+    quick = ("CASE WHEN " + lost + " AND %(own_transaction)s"
+             " THEN set_config('synchronous_commit', 'off', true) END AS quick_commit")
     # The table's name is the benchmark's own.
-    statement = (
-        "INSERT INTO T (key, state, token, task_name, task_id, attempt, owner, payload_digest,"  # noqa: S608
-        " duplicates, lease_expires_at, created_at, updated_at, expires_at)"
-        " VALUES (%(key)s, 'running', 1, %(task_name)s, %(task_id)s, 1, %(owner)s,"
-        " %(payload_digest)s, 0, statement_timestamp() + make_interval(secs => %(lease_seconds)s),"
-        " statement_timestamp(), statement_timestamp(),"
-        " statement_timestamp() + make_interval(secs => %(lease_seconds)s + %(ttl_seconds)s))"
+    return (
+        f"INSERT INTO {table} AS T {_VALUES}"  # noqa: S608
         f" ON CONFLICT (key) DO UPDATE SET ({', '.join(c for c, _ in _TAKEOVER)}, duplicates)"
-        f" = (SELECT {keep_or_take}, {count} FROM (SELECT {_RULE} AS take) AS x)"
+        f" = (SELECT {keep_or_take}, {count} FROM (SELECT {_RULE} AS take OFFSET 0) AS x)"
         f" RETURNING ({lost}) IS NOT TRUE AS won, T.token, T.attempt,"
         f" CASE WHEN {lost} THEN CAST(row_to_json(T.*) AS TEXT) END AS record,"
-        f" statement_timestamp() AS db_now, CASE WHEN {lost} THEN {_MISMATCH} END AS mismatch"
+        f" statement_timestamp() AS db_now, CASE WHEN {lost} THEN {_MISMATCH} END AS mismatch,"
+        f" {quick}"
     )
-    return statement.replace("INSERT INTO T ", f"INSERT INTO {table} ").replace("T.", f"{table}.")
+
+
+def verdict_in_where(table: str) -> str:
+    """The ``verdict_in_where`` claim statement on ``table`` (psycopg's
+    ``%(name)s`` placeholders): one ``INSERT .. ON CONFLICT DO UPDATE`` whose
+    ``WHERE`` evaluates the acquire's rule once, on the locked row, and writes
+    its verdict (``take`` or ``lost``, with the call's ``nonce``) to a
+    setting local to the transaction; it is always true, so the row is always
+    updated, and each column of the ``SET`` (evaluated after the ``WHERE``)
+    keeps its value or writes the takeover's by that setting, as
+    ``duplicates`` counts a loser. ``RETURNING`` reads it too."""
+    took = "current_setting('celery_claim.verdict', true) = 'take' || %(nonce)s"
+    lost = "current_setting('celery_claim.verdict', true) = 'lost' || %(nonce)s"
+    keep_or_take = ", ".join(f"{column} = CASE WHEN {took} THEN {new} ELSE T.{column} END"
+                             for column, new in _TAKEOVER)
+    quick = ("CASE WHEN " + lost + " AND %(own_transaction)s"
+             " THEN set_config('synchronous_commit', 'off', true) END AS quick_commit")
+    # The table's name is the benchmark's own.
+    return (
+        f"INSERT INTO {table} AS T {_VALUES}"
+        f" ON CONFLICT (key) DO UPDATE SET {keep_or_take},"
+        f" duplicates = CASE WHEN {took} THEN T.duplicates ELSE T.duplicates + 1 END"
+        " WHERE set_config('celery_claim.verdict',"
+        f" CASE WHEN {_RULE} THEN 'take' ELSE 'lost' END || %(nonce)s, true) IS NOT NULL"
+        f" RETURNING ({lost}) IS NOT TRUE AS won, T.token, T.attempt,"
+        f" CASE WHEN {lost} THEN CAST(row_to_json(T.*) AS TEXT) END AS record,"
+        f" statement_timestamp() AS db_now, CASE WHEN {lost} THEN {_MISMATCH} END AS mismatch,"
+        f" {quick}"
+    )
 
 
 def _variant(claim: Callable[[sa.Table], Any]) -> Callable[[Any, str], Claim]:
@@ -163,10 +209,13 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
                    _variant(_claim_read)),
     "multi_assign": ("not adopted: one INSERT .. ON CONFLICT DO UPDATE, the rule evaluated "
                      "once in a sub-SELECT", _variant(lambda t: multi_assign(t.name))),
+    "verdict_in_where": ("not adopted: one INSERT .. ON CONFLICT DO UPDATE, the rule evaluated "
+                         "once in its WHERE, which records the verdict the SET reads",
+                         _variant(lambda t: verdict_in_where(t.name))),
 }
 
 #: The variants whose claim statement also answers a duplicate.
-DUPLICATES = ("claim", "claim_read", "multi_assign")
+DUPLICATES = ("claim", "claim_read", "multi_assign", "verdict_in_where")
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -193,12 +242,15 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=DEFAULT_URL)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--ops", type=int, default=2000, help="claims per variant and round")
+    parser.add_argument("--json", help="also write every round's measurements here")
     args = parser.parse_args(argv)
     rows = costs(args.database_url, args.ops, args.rounds, variants=VARIANTS,
                  duplicates=DUPLICATES, prefix="bench_parts")
     print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
 

@@ -233,12 +233,7 @@ def coalesce_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def schema_table(rows: list[dict[str, Any]],
-                 variants: dict[str, tuple[str, Any]] | None = None,
-                 duplicate_variants: tuple[str, ...] | None = None) -> str:
-    variants = schema_bench.VARIANTS if variants is None else variants
-    duplicate_variants = (schema_bench.DUPLICATES if duplicate_variants is None
-                          else duplicate_variants)
+def schema_table(rows: list[dict[str, Any]]) -> str:
     lines = ["\n#### Store: where the claim's PostgreSQL cost goes, one client "
              "(medians of the rounds; ratios taken within each round)\n",
              "| variant | what it is | PostgreSQL CPU ms per claim | vs floor | vs before | "
@@ -258,7 +253,7 @@ def schema_table(rows: list[dict[str, Any]],
         ratios = [r["server_cpu_ms"] / per_round[r["round"]] for r in by[name]]
         return f"{statistics.median(ratios):.2f}"
 
-    for name, (what, _) in variants.items():
+    for name, (what, _) in schema_bench.VARIANTS.items():
         if name not in by:
             continue
         lines.append(f"| {name} | {what} | {median(name, 'server_cpu_ms'):.3f} | "
@@ -266,7 +261,7 @@ def schema_table(rows: list[dict[str, Any]],
                      f"{median(name, 'client_cpu_ms'):.3f} | {median(name, 'wal_bytes'):.0f} | "
                      f"{100 * median(name, 'hot_share'):.0f}% | "
                      + ", ".join(f"{r['server_cpu_ms']:.3f}" for r in by[name]) + " |")
-    duplicates = [name for name in duplicate_variants if name in by]
+    duplicates = [name for name in schema_bench.DUPLICATES if name in by]
     if duplicates:
         lines += ["\nA duplicate of a finished claim, the same statement:\n",
                   "| variant | PostgreSQL CPU ms per duplicate | vs its first delivery | "

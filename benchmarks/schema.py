@@ -230,7 +230,7 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,
     rows: list[dict[str, Any]] = []
 
     def open_claim(make: Callable[[Any, str], Claim], table: str,
-                   duplicates: bool = False) -> tuple[Any, Claim]:
+                   with_duplicates: bool = False) -> tuple[Any, Claim]:
         conn = psycopg.connect(dsn, autocommit=True)
         opened.append((conn, table))
         # What the store's claim connections run with (generic plans).
@@ -239,7 +239,7 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,
         one = make(conn, table)
         for i in range(min(200, ops)):
             one(f"warm:{i}")
-            if duplicates:
+            if with_duplicates:
                 one.again(f"warm:{i}")  # type: ignore[attr-defined]
         return conn, one
 
@@ -250,7 +250,7 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,
             if name in duplicates:
                 # Duplicates on a table of their own, so that their updates
                 # do not count among the completions' HOT share.
-                twins[name] = open_claim(make, f"{table}_dup", duplicates=True)
+                twins[name] = open_claim(make, f"{table}_dup", with_duplicates=True)
         admin.execute("CHECKPOINT")
         for round_ in range(rounds):
             spent = {name: [0, 0.0, 0] for name in claims}  # server ns, client s, WAL bytes

@@ -87,7 +87,7 @@ def test_the_schema_costs_run_and_leave_no_table(database_url: str, tmp_path: Pa
     out = capsys.readouterr().out
     assert "where the claim's PostgreSQL cost goes" in out
     assert "A duplicate of a finished claim" in out
-    assert _tables_named(database_url, 'bench_schema_%') == 0
+    assert _tables_named(database_url, r'bench\_schema\_%') == 0
 
 
 def test_the_claim_parts_benchmark_runs_and_leaves_no_table(
@@ -101,8 +101,58 @@ def test_the_claim_parts_benchmark_runs_and_leaves_no_table(
     assert {row["variant"] for row in rows if row["duplicate_cpu_ms"] is not None} == \
         set(claim_parts.DUPLICATES)
     assert all(row["server_cpu_ms"] > 0 for row in rows)
+    assert all(row["duplicate_cpu_ms"] > 0 for row in rows
+               if row["variant"] in claim_parts.DUPLICATES)
     assert "| multi_assign |" in capsys.readouterr().out
-    assert _tables_named(database_url, 'bench_parts_%') == 0
+    assert _tables_named(database_url, r'bench\_parts\_%') == 0
+
+
+@pytest.mark.parametrize("variant", ["claim", "claim_read", "multi_assign", "verdict_in_where"])
+def test_each_claim_statement_of_the_claim_parts_answers_as_the_claim(
+        database_url: str, variant: str) -> None:
+    """The forms the benchmark compares are claims: a first delivery wins, its
+    duplicate loses and is told the row (counted, except by the read), and a
+    released row is taken over with the next token."""
+    import uuid
+
+    import psycopg
+    import sqlalchemy as sa
+
+    from benchmarks import claim_parts
+
+    dsn = sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    table = f"bench_parts_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            one = claim_parts.VARIANTS[variant][1](conn, table)
+
+            def claim(key: str) -> dict[str, object]:
+                cursor = one._acquire(key)  # type: ignore[attr-defined]
+                rows = cursor.fetchall()
+                assert len(rows) == 1, rows
+                return dict(zip([c.name for c in cursor.description], rows[0], strict=True))
+
+            first = claim("k")
+            assert first["won"] is True
+            assert first["token"] == 1
+            again = claim("k")
+            assert again["won"] is False
+            assert again["token"] == 1
+            record = json.loads(str(again["record"]))
+            assert record["state"] == "running"
+            assert record["token"] == 1
+            assert record["duplicates"] == (0 if variant == "claim_read" else 1)
+            assert again["mismatch"] is False
+            conn.execute(f"UPDATE {table} SET state = 'released'")
+            taken = claim("k")
+            assert taken["won"] is True
+            assert taken["token"] == 2
+            state, token, attempt = conn.execute(
+                f"SELECT state, token, attempt FROM {table} WHERE key = 'k'").fetchone()
+            assert (state, token, attempt) == ("running", 2, 2)
+        finally:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def test_the_batch_parameters_benchmark_runs(database_url: str) -> None:
