@@ -55,8 +55,8 @@ import sqlalchemy as sa
 
 from benchmarks.schema import Claim, _floor, _Statements, costs
 from celery_claim import sql, sql_claim
-from celery_claim.sql import _p, db_now, ddl, make_table
-from celery_claim.statements import DriverStatement, Statements, driver_dialect
+from celery_claim.sql import ddl, make_table
+from celery_claim.statements import STATEMENTS, DriverStatement, Statements, driver_dialect
 
 __all__ = ["VARIANTS", "main"]
 
@@ -67,25 +67,6 @@ DEFAULT_URL = os.environ.get("CELERY_CLAIM_TEST_DATABASE_URL",
 def _acquire_in_cte(t: sa.Table) -> Any:
     won = sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt).cte("won")
     return sa.select(sa.true().label("won"), won.c.token, won.c.attempt)
-
-
-def _claim_read(t: sa.Table) -> Any:
-    """The claim statement with its duplicate's branch a locking read, not an
-    UPDATE: the same row, the same columns (the duplicate's commit without
-    waiting for its flush included), no count."""
-    won = sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt).cte("won")
-    _, mismatch = sql._takes(t, digest=_p("payload_digest", sa.String),
-                             task_id=_p("task_id", sa.String), now=db_now())
-    lost = (sa.select(t.c.token, t.c.attempt, sql_claim._row_json(t).label("record"),
-                      db_now().label("db_now"), mismatch.label("mismatch"),
-                      sql_claim._quick_commit())
-            .where(t.c.key == _p("key"), ~sa.exists(sa.select(1).select_from(won)))
-            .with_for_update().cte("lost"))
-    others = [c for c in lost.c if c.name not in ("token", "attempt")]
-    return sa.union_all(
-        sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, *others),
-        sa.select(sa.true(), won.c.token, won.c.attempt, *[sa.null() for _ in others]),
-    )
 
 
 #: The columns a takeover writes, and the value it writes (``T``, the table's alias, the row).
@@ -121,6 +102,13 @@ _MISMATCH = (
 )
 
 
+def _quick_commit(lost: str) -> str:
+    """The claim's ``quick_commit`` column for a statement whose loser is told
+    by ``lost``: a duplicate's commit does not wait for its flush."""
+    return (f"CASE WHEN {lost} AND %(own_transaction)s"
+            " THEN set_config('synchronous_commit', 'off', true) END AS quick_commit")
+
+
 def multi_assign(table: str) -> str:
     """The ``multi_assign`` claim statement on ``table`` (psycopg's
     ``%(name)s`` placeholders). As ``single_statement``, a loser's branch
@@ -134,8 +122,6 @@ def multi_assign(table: str) -> str:
     count = ("CASE WHEN x.take THEN T.duplicates ELSE T.duplicates + 1"
              " + length(set_config('celery_claim.lost', %(nonce)s, true)) * 0 END")
     lost = "current_setting('celery_claim.lost', true) = %(nonce)s"
-    quick = ("CASE WHEN " + lost + " AND %(own_transaction)s"
-             " THEN set_config('synchronous_commit', 'off', true) END AS quick_commit")
     # The table's name is the benchmark's own.
     return (
         f"INSERT INTO {table} AS T {_VALUES}"  # noqa: S608
@@ -144,7 +130,7 @@ def multi_assign(table: str) -> str:
         f" RETURNING ({lost}) IS NOT TRUE AS won, T.token, T.attempt,"
         f" CASE WHEN {lost} THEN CAST(row_to_json(T.*) AS TEXT) END AS record,"
         f" statement_timestamp() AS db_now, CASE WHEN {lost} THEN {_MISMATCH} END AS mismatch,"
-        f" {quick}"
+        f" {_quick_commit(lost)}"
     )
 
 
@@ -161,8 +147,6 @@ def verdict_in_where(table: str) -> str:
     lost = "current_setting('celery_claim.verdict', true) = 'lost' || %(nonce)s"
     keep_or_take = ", ".join(f"{column} = CASE WHEN {took} THEN {new} ELSE T.{column} END"
                              for column, new in _TAKEOVER)
-    quick = ("CASE WHEN " + lost + " AND %(own_transaction)s"
-             " THEN set_config('synchronous_commit', 'off', true) END AS quick_commit")
     # The table's name is the benchmark's own.
     return (
         f"INSERT INTO {table} AS T {_VALUES}"
@@ -173,7 +157,7 @@ def verdict_in_where(table: str) -> str:
         f" RETURNING ({lost}) IS NOT TRUE AS won, T.token, T.attempt,"
         f" CASE WHEN {lost} THEN CAST(row_to_json(T.*) AS TEXT) END AS record,"
         f" statement_timestamp() AS db_now, CASE WHEN {lost} THEN {_MISMATCH} END AS mismatch,"
-        f" {quick}"
+        f" {_quick_commit(lost)}"
     )
 
 
@@ -194,8 +178,8 @@ def _variant(claim: Callable[[sa.Table], Any]) -> Callable[[Any, str], Claim]:
 
 
 def _adopted(name: str) -> Callable[[sa.Table], Any]:
-    return lambda t: sql.STATEMENTS[name][1](t, "postgresql") if name in sql.STATEMENTS \
-        else sql_claim.STATEMENTS[name][1](t, "postgresql")
+    """The package's statement ``name``, as ``ClaimStore`` builds it."""
+    return lambda t: STATEMENTS[name][1](t, "postgresql")
 
 
 #: Each variant: what it is, and how to make its table and claim on a connection.
@@ -206,7 +190,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
                        _variant(_acquire_in_cte)),
     "claim": ("the claim statement ClaimStore runs", _variant(_adopted("claim"))),
     "claim_read": ("not adopted: the duplicate's branch a locking read, without the count",
-                   _variant(_claim_read)),
+                   _variant(lambda t: sql_claim._claim(t, "postgresql", count=False))),
     "multi_assign": ("not adopted: one INSERT .. ON CONFLICT DO UPDATE, the rule evaluated "
                      "once in a sub-SELECT", _variant(lambda t: multi_assign(t.name))),
     "verdict_in_where": ("not adopted: one INSERT .. ON CONFLICT DO UPDATE, the rule evaluated "
