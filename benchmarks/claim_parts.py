@@ -2,7 +2,7 @@
 its parts costs a first delivery in PostgreSQL CPU, and two other forms of
 it that were measured and not adopted.
 
-    python -m benchmarks.claim_parts [--rounds 9] [--json PATH]
+    python -m benchmarks.claim_parts [--rounds 9] [--ops 2000] [--pause-ms 0] [--json PATH]
 
 It runs as ``python -m benchmarks.run --suite schema`` does (one client,
 each variant on its own table and connection, prepared autocommit
@@ -33,11 +33,17 @@ variant               what it is
                       ``WHERE`` evaluates the rule once and records the verdict
                       in a setting, which every column's ``CASE`` and
                       ``RETURNING`` read
+``function``          not adopted: a PL/pgSQL function that runs the acquire,
+                      and the duplicate's count and row only when the acquire
+                      did not win (two statements of the package's, inside)
 ====================  ==========================================================
 
 Every variant completes with the claim's ``complete_with_result``, except
-the floor. For the four claim statements (``claim`` and the three not
-adopted) it also measures a duplicate of a finished claim.
+the floor. For the five claim statements (``claim`` and the four not
+adopted) it also measures a duplicate of a finished claim. ``--pause-ms``
+leaves the backend idle after each statement of a first delivery, as a
+worker does while the body runs: the statements then run with colder
+caches, as in a worker (:func:`benchmarks.schema.costs`).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -177,6 +184,53 @@ def _variant(claim: Callable[[sa.Table], Any]) -> Callable[[Any, str], Claim]:
     return make
 
 
+#: The claim's parameters, as a function's arguments (``p_`` and the name).
+_ARGUMENTS = (("key", "text"), ("task_name", "text"), ("task_id", "text"), ("owner", "text"),
+              ("payload_digest", "text"), ("lease_seconds", "float8"), ("ttl_seconds", "float8"),
+              ("retry_failed", "bool"), ("check_payload", "bool"), ("own_transaction", "bool"))
+_RESULTS = ("won", "token", "attempt", "record", "db_now", "mismatch", "quick_commit")
+
+
+def _in_function(statement: Any, into: Sequence[str]) -> str:
+    """``statement`` (the package's, built by its own builders) as a PL/pgSQL
+    statement: its parameters the function's arguments, its row ``INTO``
+    the function's results."""
+    text = DriverStatement.compile("claim", statement, driver_dialect("psycopg")).sql
+    return re.sub(r"%\((\w+)\)s", r"p_\1", text) + " INTO " + ", ".join(f"o_{n}" for n in into)
+
+
+def function(conn: Any, table: str) -> Claim:
+    """The claim as a PL/pgSQL function: the acquire, and the duplicate's count
+    and row only when the acquire did not win. The function is the
+    connection's own (``pg_temp``): it goes when the connection closes."""
+    t = make_table(table)
+    for create in ddl(t, "postgresql").split(";\n"):
+        if create.strip():
+            conn.execute(create)
+    _, mismatch = sql._takes(t, digest=sql._p("payload_digest", sa.String),
+                             task_id=sql._p("task_id", sa.String), now=sql.db_now())
+    acquire = _in_function(sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt),
+                           ("token", "attempt"))
+    lost = _in_function(
+        sa.update(t).where(t.c.key == sql._p("key")).values(duplicates=t.c.duplicates + 1)
+        .returning(sa.false(), t.c.token, t.c.attempt, sql_claim._row_json(t), sql.db_now(),
+                   mismatch, sql_claim._quick_commit()), _RESULTS)
+    arguments = ", ".join(f"p_{name} {type_}" for name, type_ in _ARGUMENTS)
+    results = ", ".join(f"OUT o_{name} {type_}" for name, type_ in zip(
+        _RESULTS, ("bool", "bigint", "integer", "text", "timestamptz", "bool", "text"),
+        strict=True))
+    conn.execute(f"CREATE FUNCTION pg_temp.{table}_claim({arguments}, {results}) "
+                 f"LANGUAGE plpgsql AS $$ BEGIN {acquire}; "
+                 "IF FOUND THEN o_won := true; RETURN; END IF; "
+                 f"{lost}; END $$")
+    call = ", ".join(f"%({name})s" for name, _ in _ARGUMENTS)
+    claim = (f"SELECT {', '.join(f'o_{n} AS {n}' for n in _RESULTS)} "  # noqa: S608
+             f"FROM pg_temp.{table}_claim({call})")
+    complete = Statements(t, "postgresql").driver("complete_with_result",
+                                                  driver_dialect("psycopg")).sql
+    return _Statements(conn, claim, complete)
+
+
 def _adopted(name: str) -> Callable[[sa.Table], Any]:
     """The package's statement ``name``, as ``ClaimStore`` builds it."""
     return lambda t: STATEMENTS[name][1](t, "postgresql")
@@ -196,10 +250,12 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
     "verdict_in_where": ("not adopted: one INSERT .. ON CONFLICT DO UPDATE, the rule evaluated "
                          "once in its WHERE, which records the verdict the SET reads",
                          _variant(lambda t: verdict_in_where(t.name))),
+    "function": ("not adopted: a PL/pgSQL function that runs the acquire, and the duplicate's "
+                 "count only when the acquire did not win", function),
 }
 
 #: The variants whose claim statement also answers a duplicate.
-DUPLICATES = ("claim", "claim_read", "multi_assign", "verdict_in_where")
+DUPLICATES = ("claim", "claim_read", "multi_assign", "verdict_in_where", "function")
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -228,10 +284,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--database-url", default=DEFAULT_URL)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--ops", type=int, default=2000, help="claims per variant and round")
+    parser.add_argument("--pause-ms", type=float, default=0.0,
+                        help="an idle pause after each statement of a first delivery, as in "
+                             "a worker (colder caches); 0: back to back")
     parser.add_argument("--json", help="also write every round's measurements here")
     args = parser.parse_args(argv)
     rows = costs(args.database_url, args.ops, args.rounds, variants=VARIANTS,
-                 duplicates=DUPLICATES, prefix="bench_parts")
+                 duplicates=DUPLICATES, prefix="bench_parts", pause_ms=args.pause_ms)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

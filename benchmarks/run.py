@@ -102,6 +102,14 @@ def _spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(median)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+def _outside_backends(run: dict[str, Any]) -> float:
+    """PostgreSQL CPU per task outside the clients' backends: the WAL writer,
+    the checkpointer, the background writer, autovacuum (0 in results from
+    before the benchmark told them apart)."""
+    cpu = run["cpu_ms_per_task"]
+    return float(cpu.get("postgres_background", 0.0) + cpu.get("postgres_ended", 0.0))
+
+
 def worker_tables(results: list[dict[str, Any]]) -> str:
     """Markdown tables: one per body length, rows by pool and variant."""
     by_rep: dict[tuple[int, str, float, str, str], dict[str, Any]] = {}
@@ -130,8 +138,8 @@ def worker_tables(results: list[dict[str, Any]]) -> str:
                   "in the same repetition (median, min-max)\n",
                   "| pool | variant | acks | tasks/s | vs plain, same acks | "
                   "vs plain, Celery defaults | vs floor | worker CPU ms/task | "
-                  "PostgreSQL CPU ms/task |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "PostgreSQL CPU ms/task | of which outside the backends |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for pool in workers.POOLS:
             for variant in SINGLE_VARIANTS:
                 runs = grouped.get((pool, body, variant, "single"))
@@ -147,7 +155,8 @@ def worker_tables(results: list[dict[str, Any]]) -> str:
                     f"{_spread(default) if variant != 'plain' else '1'} | "
                     f"{_spread(floor) if variant != 'floor' else '1'} | "
                     f"{_spread([r['cpu_ms_per_task']['worker'] for r in runs])} | "
-                    f"{_spread([r['cpu_ms_per_task']['postgres'] for r in runs])} |")
+                    f"{_spread([r['cpu_ms_per_task']['postgres'] for r in runs])} | "
+                    f"{_spread([_outside_backends(r) for r in runs], '{:.3f}')} |")
     dup = [k for k in grouped if k[3] == "dup"]
     if dup:
         lines += ["\n#### Every message delivered twice (the copy marked redelivered, as "
@@ -331,6 +340,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--purge-rows", type=int, default=1_000_000)
     parser.add_argument("--store-ops", type=int, default=10_000,
                         help="claims per table size in the store benchmark (p50/p99 over these)")
+    parser.add_argument("--pause-ms", type=float, default=0.0,
+                        help="schema suite: an idle pause after each statement of a first "
+                             "delivery, as in a worker (colder caches); 0: back to back")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--loglevel", default="WARNING",
@@ -406,7 +418,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text.append(coalesce_table(report["coalesce"]))
     if "schema" in args.suite:  # PostgreSQL's cost per claim, one thing taken away at a time
         report["schema"] = schema_bench.costs(args.database_url, 50 if args.quick else 2000,
-                                              rounds=1 if args.quick else 9)
+                                              rounds=1 if args.quick else 9,
+                                              pause_ms=args.pause_ms)
         text.append(schema_table(report["schema"]))
     if "calls" in args.suite:  # client CPU per store call
         report["calls"] = store_bench.calls(args.database_url, 50 if args.quick else 2000)

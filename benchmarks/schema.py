@@ -84,18 +84,34 @@ def _on_cpu_ns(pid: int) -> int:
 Claim = Callable[[str], None]
 
 
-def _floor(conn: Any, table: str) -> Claim:
-    conn.execute(f"CREATE TABLE {table} (key text PRIMARY KEY, state text NOT NULL, "
-                 "token bigint NOT NULL)")
-    acquire = (f"INSERT INTO {table} AS t (key, state, token) VALUES (%s, 'running', 1) "  # noqa: S608
-               "ON CONFLICT (key) DO UPDATE SET state = 'running', token = t.token + 1 "
-               "WHERE t.state <> 'succeeded' RETURNING token")
-    complete = f"UPDATE {table} SET state = 'succeeded' WHERE key = %s AND token = %s"  # noqa: S608
+class _Floor:
+    """The floor's claim of a key; ``pause`` seconds after each statement
+    (0: back to back)."""
 
-    def one(key: str) -> None:
-        token = conn.execute(acquire, (key,), prepare=True).fetchone()[0]
-        conn.execute(complete, (key, token), prepare=True)
-    return one
+    def __init__(self, conn: Any, table: str) -> None:
+        conn.execute(f"CREATE TABLE {table} (key text PRIMARY KEY, state text NOT NULL, "
+                     "token bigint NOT NULL)")
+        self.conn, self.pause = conn, 0.0
+        self.acquire = (
+            f"INSERT INTO {table} AS t (key, state, token) VALUES (%s, 'running', 1) "  # noqa: S608
+            "ON CONFLICT (key) DO UPDATE SET state = 'running', token = t.token + 1 "
+            "WHERE t.state <> 'succeeded' RETURNING token")
+        self.complete = f"UPDATE {table} SET state = 'succeeded' WHERE key = %s AND token = %s"  # noqa: S608
+
+    def __call__(self, key: str) -> None:
+        token = self.conn.execute(self.acquire, (key,), prepare=True).fetchone()[0]
+        _pause(self.pause)
+        self.conn.execute(self.complete, (key, token), prepare=True)
+        _pause(self.pause)
+
+
+def _floor(conn: Any, table: str) -> Claim:
+    return _Floor(conn, table)
+
+
+def _pause(seconds: float) -> None:
+    if seconds:
+        time.sleep(seconds)
 
 
 class _Statements:
@@ -106,6 +122,7 @@ class _Statements:
         self.conn, self.acquire, self.complete = conn, acquire, complete
         self.task_id = str(uuid.uuid4())
         self.token_at: int | None = None
+        self.pause = 0.0  # seconds after each statement
 
     def _acquire(self, key: str) -> Any:
         return self.conn.execute(self.acquire, {**_CLAIM, "key": key, "task_id": self.task_id},
@@ -116,8 +133,10 @@ class _Statements:
         row = cursor.fetchone()
         if self.token_at is None:
             self.token_at = [c.name for c in cursor.description].index("token")
+        _pause(self.pause)
         self.conn.execute(self.complete, {**_COMPLETE, "key": key, "token": row[self.token_at]},
                           prepare=True).fetchone()
+        _pause(self.pause)
 
     def again(self, key: str) -> None:
         row = self._acquire(key).fetchone()
@@ -148,13 +167,31 @@ def _previous(*, text: bool = False, check: bool = True,
     return make
 
 
+#: The table's columns with those a completion writes last: PostgreSQL logs
+#: an update's new row without the part before the first changed column.
+_COMPLETION_LAST = (
+    "key", "token", "task_name", "task_id", "attempt", "owner", "payload_digest", "duplicates",
+    "created_at", "expires_at", "state", "lease_expires_at", "updated_at", "finished_at", "error",
+    "result_content_type", "result_content_encoding", "result")
+
+
+def _reordered(t: sa.Table) -> sa.Table:
+    """``t`` (and its index) with its columns in the order of :data:`_COMPLETION_LAST`."""
+    assert sorted(_COMPLETION_LAST) == sorted(t.c.keys()), t.c.keys()
+    copy = sa.Table(t.name, sa.MetaData(), *(t.c[name]._copy() for name in _COMPLETION_LAST))
+    for index in t.indexes:
+        sa.Index(index.name, *(copy.c[c.name] for c in index.columns),
+                 postgresql_where=copy.c.expires_at.isnot(None))
+    return copy
+
+
 def _claims(*, stale_index: bool = False, acquire: str = "claim",
             complete: str = "complete_with_result",
             expiry_index: bool = True, single: bool = False,
-            verdict: bool = True) -> Callable[[Any, str], Claim]:
+            verdict: bool = True, completion_last: bool = False) -> Callable[[Any, str], Claim]:
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
-        for create in ddl(t, "postgresql").split(";\n"):
+        for create in ddl(_reordered(t) if completion_last else t, "postgresql").split(";\n"):
             if create.strip():
                 conn.execute(create)
         if not expiry_index:
@@ -197,6 +234,9 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
     "single_statement": ("not adopted: the claim as one INSERT ... ON CONFLICT DO UPDATE "
                          "whose SET counts a duplicate, without the duplicate's CTE",
                          _claims(single=True)),
+    "completion_last": ("not adopted: the claim's table with the columns a completion writes "
+                        "last (its WAL record then logs only them)",
+                        _claims(completion_last=True)),
 }
 
 
@@ -208,14 +248,20 @@ DUPLICATES = ("json_record", "claim", "no_verdict", "single_statement")
 def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,
           variants: dict[str, tuple[str, Callable[[Any, str], Claim]]] | None = None,
           duplicates: tuple[str, ...] | None = None,
-          prefix: str = "bench_schema") -> list[dict[str, Any]]:
+          prefix: str = "bench_schema", pause_ms: float = 0.0) -> list[dict[str, Any]]:
     """PostgreSQL CPU, client CPU and WAL per claim for every variant and round
     (``ops`` claims per variant and round, in chunks of ``chunk``), and the
     share of each variant's completions that were HOT updates; for the
     ``duplicates`` variants, PostgreSQL CPU per duplicate of a finished
     claim (each chunk's keys delivered again). ``variants`` and
     ``duplicates`` default to :data:`VARIANTS` and :data:`DUPLICATES`; the
-    tables are named ``{prefix}_{variant}_{random}``, and dropped at the end."""
+    tables are named ``{prefix}_{variant}_{random}``, and dropped at the end.
+
+    ``pause_ms``: an idle pause after each statement of a first delivery, as
+    a worker leaves its backend idle while the body and Celery's own work
+    run: PostgreSQL then runs each statement with colder caches, which costs
+    it more, and costs a statement that goes through more of its code more.
+    0 runs them back to back. Duplicates always run back to back."""
     variants = VARIANTS if variants is None else variants
     duplicates = DUPLICATES if duplicates is None else duplicates
     import psycopg
@@ -247,6 +293,7 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,
         for name, (_, make) in variants.items():
             table = tables[name] = f"{prefix}_{name}_{uuid.uuid4().hex[:8]}"
             claims[name] = open_claim(make, table)
+            claims[name][1].pause = pause_ms / 1000  # type: ignore[attr-defined]
             if name in duplicates:
                 # Duplicates on a table of their own, so that their updates
                 # do not count among the completions' HOT share.

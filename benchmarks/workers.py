@@ -76,31 +76,53 @@ class Services:
     loglevel: str = "WARNING"
 
 
-def _proc_cpu() -> dict[int, tuple[str, float]]:
-    """pid -> (command name, CPU seconds) for every process."""
+def _proc_cpu() -> dict[int, tuple[str, float, float, str]]:
+    """pid -> (command name, CPU seconds, CPU seconds of its reaped children,
+    command line) for every process."""
     found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             data = Path(f"/proc/{entry.name}/stat").read_text()
+            cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
         except OSError:
             continue
         comm = data[data.index("(") + 1 : data.rindex(")")]
         fields = data[data.rindex(")") + 2 :].split()
-        found[int(entry.name)] = (comm, (int(fields[11]) + int(fields[12])) / CLOCK_TICK)
+        found[int(entry.name)] = (comm, (int(fields[11]) + int(fields[12])) / CLOCK_TICK,
+                                  (int(fields[13]) + int(fields[14])) / CLOCK_TICK,
+                                  cmdline.replace(b"\0", b" ").decode(errors="replace"))
     return found
 
 
+#: The PostgreSQL roles a reading tells apart: the backends (a client's
+#: connection: its process title names the client's address), the server's
+#: other processes (WAL writer, checkpointer, background writer, autovacuum),
+#: and the processes that ended between two readings, autovacuum's workers
+#: above all, read off the postmaster's account of its reaped children.
+POSTGRES_ROLES = ("postgres_backends", "postgres_background", "postgres_ended")
+_REAPED = -1  # the pseudo-pid of the postmaster's reaped children
+
+
+def _postgres_role(cmdline: str) -> str:
+    title = cmdline.split(": ", 2)[-1] if cmdline.startswith("postgres: ") else ""
+    # "root test 127.0.0.1(40312) idle", "root test [local] idle"
+    return "postgres_backends" if ("(" in title or "[local]" in title) else "postgres_background"
+
+
 def _cpu_by_role(workers: Sequence[WorkerProcess]) -> dict[int, tuple[str, float]]:
-    """pid -> (role, CPU seconds) for the workers, PostgreSQL and Redis."""
+    """pid -> (role, CPU seconds) for the workers, PostgreSQL and Redis; and
+    the postmaster's reaped children under :data:`_REAPED`."""
     pids = {pid for w in workers for pid in w.group_pids()}
     found = {}
-    for pid, (comm, seconds) in _proc_cpu().items():
+    for pid, (comm, seconds, reaped, cmdline) in _proc_cpu().items():
         if pid in pids:
             found[pid] = ("worker", seconds)
         elif comm.startswith("postgres"):
-            found[pid] = ("postgres", seconds)
+            found[pid] = (_postgres_role(cmdline), seconds)
+            if not cmdline.startswith("postgres: "):  # the postmaster
+                found[_REAPED] = ("postgres_ended", reaped)
         elif comm.startswith("redis-server"):
             found[pid] = ("redis", seconds)
     return found
@@ -108,7 +130,8 @@ def _cpu_by_role(workers: Sequence[WorkerProcess]) -> dict[int, tuple[str, float
 
 def server_cpu_reading() -> dict[int, tuple[str, float]]:
     """A reading of PostgreSQL's processes on this machine, for :func:`server_cpu_since`."""
-    return {pid: entry for pid, entry in _cpu_by_role([]).items() if entry[0] == "postgres"}
+    return {pid: entry for pid, entry in _cpu_by_role([]).items()
+            if entry[0] in POSTGRES_ROLES}
 
 
 def server_cpu_since(before: dict[int, tuple[str, float]]) -> float:
@@ -120,11 +143,18 @@ def server_cpu_since(before: dict[int, tuple[str, float]]) -> float:
 
 def _cpu_used(before: dict[int, tuple[str, float]],
               after: dict[int, tuple[str, float]]) -> dict[str, float]:
-    """CPU seconds by role between two readings. Processes that ended in between
-    are not counted (their time is gone from /proc); new ones count from zero."""
-    used = {"worker": 0.0, "postgres": 0.0, "redis": 0.0}
+    """CPU seconds by role between two readings; ``postgres`` is the sum of
+    :data:`POSTGRES_ROLES`. A PostgreSQL process that ended in between counts
+    under ``postgres_ended`` (what the postmaster reaped, less what the
+    process had used by the first reading); other processes that ended are
+    not counted (their time is gone from /proc). New ones count from zero."""
+    used = dict.fromkeys(("worker", "redis", *POSTGRES_ROLES), 0.0)
     for pid, (role, seconds) in after.items():
         used[role] += seconds - before.get(pid, (role, 0.0))[1]
+    for pid, (role, seconds) in before.items():
+        if role in POSTGRES_ROLES and pid != _REAPED and pid not in after:
+            used["postgres_ended"] -= seconds
+    used["postgres"] = sum(used[role] for role in POSTGRES_ROLES)
     return used
 
 

@@ -40,6 +40,11 @@ def test_quick_benchmark_runs_and_reports(database_url: str, redis_url: str,
         assert by_variant[(variant, "single")]["messages"] > 0
         assert math.isfinite(by_variant[(variant, "single")]["throughput"])
     assert by_variant[("claim", "single")]["claims_succeeded"] == 40
+    # PostgreSQL's CPU, told apart by process: the total is their sum.
+    for r in runs:
+        cpu = r["cpu_ms_per_task"]
+        parts = [cpu["postgres_backends"], cpu["postgres_background"], cpu["postgres_ended"]]
+        assert cpu["postgres"] == pytest.approx(sum(parts))
     # Under a claim, no redelivered copy runs its body again.
     assert by_variant[("claim", "dup")]["duplicate_bodies_run"] == 0
     assert report["store"]["sizes"][-1]["rows"] == 10_000
@@ -78,6 +83,7 @@ def test_the_schema_costs_run_and_leave_no_table(database_url: str, tmp_path: Pa
     assert by["claim"]["hot_share"] > 0.5
     assert by["before"]["hot_share"] == 0
     assert by["stale_index"]["hot_share"] == 0
+    assert by["completion_last"]["hot_share"] > 0.5  # the same table, its columns reordered
     assert all(row["wal_bytes"] > 0 for row in report["schema"])
     # A duplicate is measured for the claim statements (each asserted that it lost).
     assert {row["variant"] for row in report["schema"]
@@ -105,7 +111,22 @@ def test_the_claim_parts_benchmark_runs_and_leaves_no_table(
     assert _tables_named(database_url, r'bench\_parts\_%') == 0
 
 
-@pytest.mark.parametrize("variant", ["claim", "claim_read", "multi_assign", "verdict_in_where"])
+def test_the_claim_parts_benchmark_pauses_after_each_measured_statement(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--pause-ms``: after each of a measured first delivery's two
+    statements, every variant (the floor's included), and nowhere else."""
+    from benchmarks import claim_parts, schema
+
+    pauses: list[float] = []
+    monkeypatch.setattr(schema, "_pause", pauses.append)
+    claim_parts.main(["--database-url", database_url, "--rounds", "1", "--ops", "20",
+                      "--pause-ms", "1.5"])
+    assert pauses.count(0.0015) == 2 * 20 * len(claim_parts.VARIANTS)
+    assert set(pauses) == {0.0, 0.0015}  # warm-ups and duplicates: back to back
+
+
+@pytest.mark.parametrize("variant", ["claim", "claim_read", "multi_assign", "verdict_in_where",
+                                     "function"])
 def test_each_claim_statement_of_the_claim_parts_answers_as_the_claim(
         database_url: str, variant: str) -> None:
     """The forms the benchmark compares are claims: a first delivery wins, its
