@@ -207,14 +207,11 @@ def function(conn: Any, table: str) -> Claim:
     for create in ddl(t, "postgresql").split(";\n"):
         if create.strip():
             conn.execute(create)
-    _, mismatch = sql._takes(t, digest=sql._p("payload_digest", sa.String),
-                             task_id=sql._p("task_id", sa.String), now=sql.db_now())
     acquire = _in_function(sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt),
                            ("token", "attempt"))
     lost = _in_function(
         sa.update(t).where(t.c.key == sql._p("key")).values(duplicates=t.c.duplicates + 1)
-        .returning(sa.false(), t.c.token, t.c.attempt, sql_claim._row_json(t), sql.db_now(),
-                   mismatch, sql_claim._quick_commit()), _RESULTS)
+        .returning(sa.false(), *sql_claim._lost_columns(t)), _RESULTS)
     arguments = ", ".join(f"p_{name} {type_}" for name, type_ in _ARGUMENTS)
     results = ", ".join(f"OUT o_{name} {type_}" for name, type_ in zip(
         _RESULTS, ("bool", "bigint", "integer", "text", "timestamptz", "bool", "text"),

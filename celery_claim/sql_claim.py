@@ -71,6 +71,16 @@ def _row_json(t: sa.Table) -> Any:
     return sa.cast(sa.func.row_to_json(sa.literal_column(f"{name}.*")), sa.Text)
 
 
+def _lost_columns(t: sa.Table, *, verdict: bool = True) -> list[Any]:
+    """What the claim returns about the row a duplicate lost to (PostgreSQL):
+    its token and attempt, the row as JSON, the database's clock, the
+    mismatch verdict (unless ``verdict`` is false) and ``quick_commit``."""
+    _, mismatch = sql._takes(t, digest=_p("payload_digest", sa.String),
+                             task_id=_p("task_id", sa.String), now=db_now())
+    return [t.c.token, t.c.attempt, _row_json(t).label("record"), db_now().label("db_now"),
+            *([mismatch.label("mismatch")] if verdict else []), _quick_commit()]
+
+
 def _claim(t: sa.Table, dialect: str, *, verdict: bool = True,
            count: bool = True) -> sa.Executable:
     """Acquire, or (on PostgreSQL) count the duplicate and read the row it lost
@@ -92,12 +102,9 @@ def _claim(t: sa.Table, dialect: str, *, verdict: bool = True,
     if dialect != "postgresql":
         return sql._acquire(t, dialect)
     won = sql._insert(t, dialect).returning(t.c.token, t.c.attempt).cte("won")
-    _, mismatch = sql._takes(t, digest=_p("payload_digest", sa.String),
-                             task_id=_p("task_id", sa.String), now=db_now())
     # Beside the acquire that just refused the row: it evaluated the rule on
     # this very version, locked it, at the same statement time: not takeable.
-    returned = [t.c.token, t.c.attempt, _row_json(t).label("record"), db_now().label("db_now"),
-                *([mismatch.label("mismatch")] if verdict else []), _quick_commit()]
+    returned = _lost_columns(t, verdict=verdict)
     where = (t.c.key == _p("key"), ~sa.exists(sa.select(1).select_from(won)))
     lost = (sa.update(t).where(*where).values(duplicates=t.c.duplicates + 1)
             .returning(*returned).cte("lost") if count
