@@ -21,7 +21,15 @@ here): ``report`` (signals and log lines), ``pin`` (callback ids),
 ``encode`` (the result's encoding), ``store`` (both statements, whole),
 ``heartbeat`` (holding and dropping the lease).
 
-Needs PostgreSQL (``--database-url``) once, to record the replies.
+``--live`` keeps the round trips real, and adds the floor: a plain task
+whose body runs the floor's two statements (psycopg, autocommit, as the
+worker benchmark's ``floor`` task). With ``--instructions`` that counts the
+worker's whole share of a claim, against the floor's, on the same terms:
+valgrind counts only the Python process's instructions, never PostgreSQL's,
+and a wait for a reply is one system call, not counted.
+
+Needs PostgreSQL (``--database-url``): once, to record the replies; with
+``--live``, for every task.
 """
 
 from __future__ import annotations
@@ -43,14 +51,27 @@ VARIANTS = {
     "claim": "ClaimTask, default key",
     "claim_key": "ClaimTask, business key 'order:{n}'",
 }
+#: With ``--live``: the same, and the floor.
+LIVE_VARIANTS = {
+    "plain": VARIANTS["plain"],
+    "floor": "plain task, acks_late, whose body runs the floor's two statements",
+    "claim": VARIANTS["claim"],
+    "claim_key": VARIANTS["claim_key"],
+}
 PARTS = ("report", "pin", "encode", "store", "heartbeat")
 
 
-def _tracers(database_url: str, without: set[str]) -> dict[str, Callable[[str, int], Any]]:
-    """A tracer per variant, with the round trips replaced (imports the package)."""
+def _tracers(database_url: str, without: set[str], live: bool = False,
+             ) -> tuple[dict[str, Callable[[str, int], Any]], Callable[[], None]]:
+    """A tracer per variant, with the round trips replaced, or real (``live``,
+    and the floor's task too), and what to call when done (imports the
+    package)."""
+    import psycopg
+    import sqlalchemy as sa
     from celery import Celery
     from celery.app.trace import build_tracer
 
+    from benchmarks.apps.bench_app import floor_sql
     from celery_claim import ClaimTask, callbacks, reporting, results
     from celery_claim.connectors import _libpq
     from celery_claim.lease import heartbeat
@@ -71,11 +92,29 @@ def _tracers(database_url: str, without: set[str]) -> dict[str, Callable[[str, i
     def claim_key(n: int) -> int:
         return n
 
+    variants = LIVE_VARIANTS if live else VARIANTS
+    floor_table = f"bench_lifecycle_floor_{uuid.uuid4().hex[:8]}"
+    create_floor, floor_claim, floor_done = floor_sql(floor_table)
+    conn: Any = None
+    if live:
+        conn = psycopg.connect(sa.engine.make_url(database_url).set(drivername="postgresql")
+                               .render_as_string(hide_password=False), autocommit=True)
+        conn.execute(create_floor)
+
+        @app.task(shared=False, name="floor", acks_late=True, bind=True)
+        def floor(self: Any, n: int) -> int | None:
+            key = f"{self.name}:{self.request.id}"
+            won = conn.execute(floor_claim, (key,)).fetchone()
+            if won is None:
+                return None  # a duplicate of a finished claim
+            conn.execute(floor_done, (key, won[0]))
+            return n
+
     app.finalize()
     store = app.tasks["claim"].claim_store
     store.one_task_at_a_time()  # as a prefork or solo worker does
     tracers = {name: build_tracer(name, app.tasks[name], hostname="bench@host", app=app)
-               for name in VARIANTS}
+               for name in variants}
 
     def request(task_id: str, name: str, n: int) -> dict[str, Any]:
         return {"id": task_id, "task": name, "hostname": "bench@host", "args": (n,),
@@ -83,23 +122,30 @@ def _tracers(database_url: str, without: set[str]) -> dict[str, Callable[[str, i
                 "delivery_info": {"exchange": "", "routing_key": "q", "priority": 0,
                                   "redelivered": False}}
 
-    # Record PostgreSQL's reply to each statement once, then answer with it.
-    replies: dict[bytes, Any] = {}
-    run = _libpq.LibpqSession._run
+    def close() -> None:
+        if live:
+            store.drop_schema()
+            conn.execute(f"DROP TABLE IF EXISTS {floor_table}")
+            conn.close()
 
-    def recording(self: Any, plan: Any, params: Any, formats: Any) -> Any:
-        result = replies[plan.name] = run(self, plan, params, formats)
-        return result
+    if not live:
+        # Record PostgreSQL's reply to each statement once, then answer with it.
+        replies: dict[bytes, Any] = {}
+        run = _libpq.LibpqSession._run
 
-    _libpq.LibpqSession._run = recording  # type: ignore[method-assign]
-    try:
-        for name in ("claim", "claim_key"):
-            task_id = str(uuid.uuid4())
-            tracers[name](task_id, (1,), {}, request(task_id, name, 1))
-    finally:
-        store.drop_schema()
-    _libpq.LibpqSession._run = (  # type: ignore[method-assign]
-        lambda self, plan, params, formats: replies[plan.name])
+        def recording(self: Any, plan: Any, params: Any, formats: Any) -> Any:
+            result = replies[plan.name] = run(self, plan, params, formats)
+            return result
+
+        _libpq.LibpqSession._run = recording  # type: ignore[method-assign]
+        try:
+            for name in ("claim", "claim_key"):
+                task_id = str(uuid.uuid4())
+                tracers[name](task_id, (1,), {}, request(task_id, name, 1))
+        finally:
+            store.drop_schema()
+        _libpq.LibpqSession._run = (  # type: ignore[method-assign]
+            lambda self, plan, params, formats: replies[plan.name])
 
     if "report" in without:
         reporting.acquired = reporting.completed = lambda *a, **k: None  # type: ignore[assignment]
@@ -120,35 +166,43 @@ def _tracers(database_url: str, without: set[str]) -> dict[str, Callable[[str, i
         trace = tracers[name]
         return lambda task_id, n: trace(task_id, (n,), {}, request(task_id, name, n))
 
-    return {name: one(name) for name in VARIANTS}
+    return {name: one(name) for name in variants}, close
 
 
-def _loop(database_url: str, variant: str, tasks: int, without: set[str]) -> None:
-    one = _tracers(database_url, without)[variant]
-    ids = [str(uuid.uuid4()) for _ in range(tasks)]
-    for i, task_id in enumerate(ids):
-        one(task_id, i)
+def _loop(database_url: str, variant: str, tasks: int, without: set[str],
+          live: bool = False) -> None:
+    tracers, close = _tracers(database_url, without, live)
+    try:
+        one = tracers[variant]
+        ids = [str(uuid.uuid4()) for _ in range(tasks)]
+        for i, task_id in enumerate(ids):
+            one(task_id, i)
+    finally:
+        close()
 
 
 def cpu(database_url: str, *, tasks: int = 2000, repeats: int = 15,
-        without: frozenset[str] = frozenset()) -> dict[str, float]:
+        without: frozenset[str] = frozenset(), live: bool = False) -> dict[str, float]:
     """CPU microseconds per task, each variant's least over ``repeats``
     interleaved chunks of ``tasks`` (the machine's noise only adds)."""
-    tracers = _tracers(database_url, set(without))
-    best: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(repeats):
-        for name, one in tracers.items():
-            ids = [str(uuid.uuid4()) for _ in range(tasks)]
-            started = time.process_time()
-            for i, task_id in enumerate(ids):
-                one(task_id, i)
-            best[name].append(1e6 * (time.process_time() - started) / tasks)
+    tracers, close = _tracers(database_url, set(without), live)
+    best: dict[str, list[float]] = {name: [] for name in tracers}
+    try:
+        for _ in range(repeats):
+            for name, one in tracers.items():
+                ids = [str(uuid.uuid4()) for _ in range(tasks)]
+                started = time.process_time()
+                for i, task_id in enumerate(ids):
+                    one(task_id, i)
+                best[name].append(1e6 * (time.process_time() - started) / tasks)
+    finally:
+        close()
     return {name: min(values) for name, values in best.items()}
 
 
 def instructions(database_url: str, variant: str, *, tree: str | None = None,
                  without: frozenset[str] = frozenset(),
-                 counts: tuple[int, int] = (200, 1200)) -> int:
+                 counts: tuple[int, int] = (200, 1200), live: bool = False) -> int:
     """Instructions per task of ``variant`` under callgrind (the difference of
     two runs, so the start-up cancels out)."""
     collected = []
@@ -156,7 +210,8 @@ def instructions(database_url: str, variant: str, *, tree: str | None = None,
         command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                    sys.executable, "-m", "benchmarks.lifecycle", "--loop", variant,
                    "--tasks", str(tasks), "--database-url", database_url,
-                   "--without", ",".join(sorted(without)), *(["--tree", tree] if tree else [])]
+                   "--without", ",".join(sorted(without)), *(["--tree", tree] if tree else []),
+                   *(["--live"] if live else [])]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         line = next(line for line in done.stderr.splitlines() if "Collected" in line)
@@ -173,8 +228,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="instructions per task under valgrind, instead of CPU time")
     parser.add_argument("--without", default="",
                         help=f"parts to replace with nothing: {', '.join(PARTS)}")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="with --instructions: which to count (plain is always counted)")
+    parser.add_argument("--variants", default=",".join(LIVE_VARIANTS),
+                        help="with --instructions: which to count (plain is always counted; "
+                             "floor only with --live)")
+    parser.add_argument("--live", action="store_true",
+                        help="real round trips to PostgreSQL, and the floor's task")
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--loop", default=None, help=argparse.SUPPRESS)
@@ -186,24 +244,28 @@ def main(argv: list[str] | None = None) -> None:
     if args.tree and not args.instructions:
         sys.path.insert(0, os.path.abspath(args.tree))  # before this checkout's own
     if args.loop is not None:  # one run under valgrind
-        _loop(args.database_url, args.loop, args.tasks, without)
+        _loop(args.database_url, args.loop, args.tasks, without, args.live)
         return
+    variants = LIVE_VARIANTS if args.live else VARIANTS
     if args.instructions:
         wanted = {"plain", *args.variants.split(",")}
         counts: dict[str, float] = {
-            name: instructions(args.database_url, name, tree=args.tree, without=without)
-            for name in VARIANTS if name in wanted}
+            name: instructions(args.database_url, name, tree=args.tree, without=without,
+                               live=args.live)
+            for name in variants if name in wanted}
         unit = "instructions per task"
     else:
-        counts = cpu(args.database_url, tasks=args.tasks, repeats=args.repeats, without=without)
+        counts = cpu(args.database_url, tasks=args.tasks, repeats=args.repeats, without=without,
+                     live=args.live)
         unit = "CPU us per task (least of the repeats)"
     base = counts["plain"]
     print(f"celery_claim of {os.path.abspath(args.tree or os.getcwd())}"
-          + (f", without {', '.join(sorted(without))}" if without else ""))
+          + (f", without {', '.join(sorted(without))}" if without else "")
+          + (", real round trips" if args.live else ", round trips replaced"))
     print(f"| variant | {unit} | beyond the plain task |")
     print("|---|---|---|")
     for name, value in counts.items():
-        print(f"| {name} ({VARIANTS[name]}) | {value:,.1f} | {value - base:+,.1f} |")
+        print(f"| {name} ({variants[name]}) | {value:,.1f} | {value - base:+,.1f} |")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+
+from support.scenario import unavailable
 
 from benchmarks import run
 
@@ -196,3 +199,47 @@ def _tables_named(database_url: str, pattern: str) -> int:
                 {"pattern": pattern}).scalar_one())
     finally:
         engine.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_the_instruction_counts_repeat_and_leave_nothing_behind(tmp_path: Path) -> None:
+    """PostgreSQL's backend under callgrind, on a server of its own: the
+    count is the same on a second connection, the claim counts more than the
+    floor, a duplicate less than a first delivery, the kept files' functions
+    add up to the count, and the server and its directory are gone
+    afterwards."""
+    from benchmarks import instructions
+
+    if shutil.which("valgrind") is None:
+        unavailable("valgrind", FileNotFoundError("no valgrind (apt-get install valgrind)"))
+    with instructions.server() as (dsn, counts):
+        root = counts.parent
+        floor = instructions.count(dsn, counts, instructions.VARIANTS["floor"][1],
+                                   ops=20, warmup=20, keep=tmp_path / "floor")
+        again = instructions.count(dsn, counts, instructions.VARIANTS["floor"][1],
+                                   ops=20, warmup=20)
+        claim = instructions.count(dsn, counts, instructions.VARIANTS["claim"][1],
+                                   ops=20, warmup=20, duplicates=True)
+        # Each backend's count is written when it ends: one file per connection.
+        assert len(list(counts.glob("callgrind.*"))) >= 8
+    assert not root.exists()
+    assert again["claim"] == pytest.approx(floor["claim"], rel=0.02)
+    assert 50_000 < floor["claim"] < claim["claim"] < 2_000_000
+    assert 0 < claim["duplicate"] < claim["claim"]
+    by_function = instructions.functions(tmp_path / "floor", ops=20)
+    assert sum(by_function.values()) == pytest.approx(floor["claim"], rel=0.02)
+
+
+def test_the_lifecycle_benchmark_runs_live_with_the_floor_and_leaves_no_table(
+        database_url: str) -> None:
+    """``--live``: the round trips are real, the floor's task runs beside the
+    claim's, and the claim's and the floor's tables are dropped."""
+    from benchmarks import lifecycle
+
+    live = lifecycle.cpu(database_url, tasks=20, repeats=1, live=True)
+    assert list(live) == list(lifecycle.LIVE_VARIANTS)
+    assert all(value > 0 for value in live.values())
+    # The round trips replaced (the default): no floor, the tables gone too.
+    replaced = lifecycle.cpu(database_url, tasks=20, repeats=1)
+    assert list(replaced) == list(lifecycle.VARIANTS)
+    assert _tables_named(database_url, r'bench\_lifecycle\_%') == 0
