@@ -122,7 +122,18 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
                 "delivery_info": {"exchange": "", "routing_key": "q", "priority": 0,
                                   "redelivered": False}}
 
+    # Every replacement below is undone by close(): the benchmark runs in a
+    # test's process too, beside other tests.
+    undo: list[Callable[[], None]] = []
+
+    def patch(owner: Any, name: str, value: Any) -> None:
+        had, old = name in vars(owner), vars(owner).get(name)
+        setattr(owner, name, value)
+        undo.append(lambda: setattr(owner, name, old) if had else delattr(owner, name))
+
     def close() -> None:
+        while undo:
+            undo.pop()()
         if live:
             store.drop_schema()
             conn.execute(f"DROP TABLE IF EXISTS {floor_table}")
@@ -137,30 +148,34 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
             result = replies[plan.name] = run(self, plan, params, formats)
             return result
 
-        _libpq.LibpqSession._run = recording  # type: ignore[method-assign]
+        patch(_libpq.LibpqSession, "_run", recording)
         try:
             for name in ("claim", "claim_key"):
                 task_id = str(uuid.uuid4())
                 tracers[name](task_id, (1,), {}, request(task_id, name, 1))
         finally:
             store.drop_schema()
-        _libpq.LibpqSession._run = (  # type: ignore[method-assign]
-            lambda self, plan, params, formats: replies[plan.name])
+        undo.pop()()
+        patch(_libpq.LibpqSession, "_run",
+              lambda self, plan, params, formats: replies[plan.name])
 
+    nothing = lambda *a, **k: None  # noqa: E731
     if "report" in without:
-        reporting.acquired = reporting.completed = lambda *a, **k: None  # type: ignore[assignment]
+        patch(reporting, "acquired", nothing)
+        patch(reporting, "completed", nothing)
     if "pin" in without:
-        callbacks.pin_callback_ids = lambda *a, **k: None  # type: ignore[assignment]
+        patch(callbacks, "pin_callback_ids", nothing)
     if "encode" in without:
         encoded = results.encode(1, "json")
-        results.encode = lambda value, serializer: encoded  # type: ignore[assignment]
+        patch(results, "encode", lambda value, serializer: encoded)
     if "store" in without:
         from celery_claim.store import Acquired
 
-        store.claim = lambda *a, **k: Acquired(1, 1)  # type: ignore[method-assign]
-        store.complete = lambda *a, **k: True  # type: ignore[method-assign]
+        patch(store, "claim", lambda *a, **k: Acquired(1, 1))
+        patch(store, "complete", lambda *a, **k: True)
     if "heartbeat" in without:
-        heartbeat.hold = heartbeat.drop = lambda claim: None  # type: ignore[method-assign]
+        patch(heartbeat, "hold", nothing)
+        patch(heartbeat, "drop", nothing)
 
     def one(name: str) -> Callable[[str, int], Any]:
         trace = tracers[name]

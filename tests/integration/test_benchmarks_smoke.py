@@ -230,16 +230,28 @@ def test_the_instruction_counts_repeat_and_leave_nothing_behind(tmp_path: Path) 
     assert sum(by_function.values()) == pytest.approx(floor["claim"], rel=0.02)
 
 
-def test_the_lifecycle_benchmark_runs_live_with_the_floor_and_leaves_no_table(
+def test_the_lifecycle_benchmark_runs_live_with_the_floor_and_leaves_nothing_behind(
         database_url: str) -> None:
     """``--live``: the round trips are real, the floor's task runs beside the
-    claim's, and the claim's and the floor's tables are dropped."""
+    claim's; in either mode the claim's and the floor's tables are dropped,
+    and every function the benchmark replaced is put back (it runs in this
+    process, beside other tests)."""
     from benchmarks import lifecycle
+    from celery_claim import callbacks, reporting, results
+    from celery_claim.connectors import _libpq
+    from celery_claim.lease import heartbeat
+
+    replaced = [(_libpq.LibpqSession, "_run"), (reporting, "acquired"),
+                (reporting, "completed"), (callbacks, "pin_callback_ids"), (results, "encode"),
+                (heartbeat, "hold"), (heartbeat, "drop")]
+    before = [vars(owner).get(name) for owner, name in replaced]
 
     live = lifecycle.cpu(database_url, tasks=20, repeats=1, live=True)
     assert list(live) == list(lifecycle.LIVE_VARIANTS)
     assert all(value > 0 for value in live.values())
-    # The round trips replaced (the default): no floor, the tables gone too.
-    replaced = lifecycle.cpu(database_url, tasks=20, repeats=1)
-    assert list(replaced) == list(lifecycle.VARIANTS)
+    # The round trips replaced (the default), and every part taken away: no floor.
+    stubbed = lifecycle.cpu(database_url, tasks=20, repeats=1,
+                            without=frozenset(lifecycle.PARTS))
+    assert list(stubbed) == list(lifecycle.VARIANTS)
+    assert [vars(owner).get(name) for owner, name in replaced] == before
     assert _tables_named(database_url, r'bench\_lifecycle\_%') == 0
