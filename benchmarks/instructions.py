@@ -4,7 +4,7 @@ every run, where the CPU-time suites move with the machine.
     python -m benchmarks.instructions [--variants floor,claim,...] [--ops 200] [--json PATH]
 
 It starts a PostgreSQL server of its own (the installed binaries, a fresh
-data directory in a temporary directory, a free port on 127.0.0.1) under
+data directory in a temporary directory, a Unix socket there) under
 valgrind's callgrind, which counts the instructions each of the server's
 processes executes, and writes the count when the process ends. For each
 variant, one client claims keys as ``python -m benchmarks.run --suite
@@ -20,19 +20,24 @@ What it counts and what it does not: the instructions PostgreSQL's backend
 runs in user space (parsing the messages, setting up and running each
 statement's plan, the heap, the indexes, writing and flushing the WAL from
 its side). Not the system calls (the socket, the WAL's ``fdatasync``), which
-are the same for every variant (two statements and two commits per claim),
+are the same for the floor and the claim (two statements and two commits
+per claim),
 not the other server processes, and not the cost of cold caches: an
 instruction counts the same whether its code and data were in the CPU's
 caches or not (docs/performance.md, "In a worker, the statements run
-cold"). A variant's count moves by up to about 0.5% between runs (the
-tables' names and object ids differ); a difference under 2,000
-instructions per claim is not a difference. The count depends on ``--ops``
+cold"). The floor and the claim count the same in two runs to within
+0.05%; another variant moved by 0.7% (the tables' names and object ids
+differ): a difference under about 3,000 instructions per claim is not a
+difference. The count depends on ``--ops``
 and ``--warmup``: compare variants counted with the same ones.
 
 ``--keep DIR`` keeps each variant's two callgrind files (``VARIANT.few``,
 ``VARIANT.many``) for ``callgrind_annotate``; with both ``floor`` and
 ``claim`` among the variants it also prints the functions whose
-instructions per claim differ most between the two.
+instructions per claim (the difference between the two files over
+``2 * ops``) differ most between the two: their own instructions, or with
+their callees' (``--inclusive``: the phases of a statement, such as
+``standard_ExecutorStart``).
 
 Variants: those of ``--suite schema`` (:data:`benchmarks.schema.VARIANTS`),
 those of :mod:`benchmarks.claim_parts` (its floor and claim are the schema
@@ -56,7 +61,7 @@ import json
 import os
 import re
 import shutil
-import socket
+import signal
 import subprocess
 import tempfile
 import time
@@ -149,12 +154,6 @@ def _bindir() -> Path:
     raise RuntimeError("no PostgreSQL server binaries: install PostgreSQL's server package")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _as_owner() -> dict[str, Any]:
     """``subprocess`` arguments that run a command as the ``postgres`` user
     when running as root (initdb and postgres refuse root)."""
@@ -166,31 +165,39 @@ def _as_owner() -> dict[str, Any]:
 def server() -> Iterator[tuple[str, Path]]:
     """A throwaway PostgreSQL server under callgrind: yields its DSN and the
     directory where each process's count lands (``callgrind.<pid>``); the
-    server and its directory are gone afterwards."""
+    server, every process it started and its directory are gone afterwards.
+
+    It listens on a Unix socket in its own directory only (no port to race
+    for), with autovacuum off and no timed checkpoint during a run (a
+    checkpoint makes the next change of each page log the whole page)."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise RuntimeError("valgrind is not installed (Debian: apt-get install valgrind)")
     bindir = _bindir()
-    root = Path(tempfile.mkdtemp(prefix="celery-claim-instructions-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
+    # /tmp, not $TMPDIR: the postgres user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="celery-claim-instructions-", dir="/tmp"))
     data, counts = root / "data", root / "counts"
     process: subprocess.Popen[bytes] | None = None
-    log = (root / "server.log").open("wb")
     try:
-        subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                        "--no-sync"], check=True, capture_output=True, cwd=root, **_as_owner())
         counts.mkdir()
         if os.geteuid() == 0:
+            shutil.chown(root, "postgres")
             shutil.chown(counts, "postgres")
-        port = _free_port()
-        process = subprocess.Popen(
-            [valgrind, "--tool=callgrind", "--quiet", f"--callgrind-out-file={counts}/callgrind.%p",
-             str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}",
-             "-c", "autovacuum=off"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=root, **_as_owner())
-        dsn = f"host=127.0.0.1 port={port} dbname=postgres user=postgres"
+        initdb = subprocess.run(
+            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+             "--no-sync"], capture_output=True, text=True, cwd=root, **_as_owner())
+        if initdb.returncode:
+            raise RuntimeError(f"initdb failed: {initdb.stderr[-2000:]}")
+        with (root / "server.log").open("wb") as log:
+            process = subprocess.Popen(
+                [valgrind, "--tool=callgrind", "--quiet",
+                 f"--callgrind-out-file={counts}/callgrind.%p",
+                 str(bindir / "postgres"), "-D", str(data), "-c", "listen_addresses=",
+                 "-c", f"unix_socket_directories={root}", "-c", "autovacuum=off",
+                 "-c", "checkpoint_timeout=1d", "-c", "max_wal_size=10GB"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+                **_as_owner())
+        dsn = f"host={root} dbname=postgres user=postgres"
         import psycopg
 
         deadline = time.monotonic() + 120
@@ -206,13 +213,14 @@ def server() -> Iterator[tuple[str, Path]]:
         yield dsn, counts
     finally:
         if process is not None:
-            process.terminate()  # SIGTERM: PostgreSQL's smart shutdown
+            process.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
             try:
                 process.wait(60)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+                pass
+            with contextlib.suppress(ProcessLookupError):  # and whatever is left of it
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -253,6 +261,7 @@ def _backend(dsn: str, counts: Path, make: Callable[[Any, str], Claim], claims: 
         total = _instructions(counts, pid)
         if keep is not None:
             shutil.copyfile(counts / f"callgrind.{pid}", keep)
+        (counts / f"callgrind.{pid}").unlink()  # a later backend may get the same pid
         return total
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
@@ -277,12 +286,14 @@ def count(dsn: str, counts: Path, make: Callable[[Any, str], Claim], ops: int = 
     return row
 
 
-def functions(keep: Path, ops: int) -> dict[str, float]:
-    """Instructions per claim in each function (its own, not its callees'),
-    from the two callgrind files :func:`count` kept at ``keep``
+def functions(keep: Path, ops: int, inclusive: bool = False) -> dict[str, float]:
+    """Instructions per claim in each function: its own, or with its callees'
+    (``inclusive``), from the two callgrind files :func:`count` kept at
+    ``keep``, the difference between them over ``2 * ops`` claims
     (``callgrind_annotate``, which comes with valgrind)."""
     def annotate(path: Path) -> dict[str, int]:
-        out = subprocess.run(["callgrind_annotate", "--threshold=100", str(path)],
+        out = subprocess.run(["callgrind_annotate", "--threshold=100", "--auto=no",
+                              f"--inclusive={'yes' if inclusive else 'no'}", str(path)],
                              check=True, capture_output=True, text=True).stdout
         found = {}
         for line in out.splitlines():
@@ -298,10 +309,12 @@ def functions(keep: Path, ops: int) -> dict[str, float]:
             for name in set(few) | set(many)}
 
 
-def difference(keep: Path, a: str, b: str, ops: int, top: int = 20) -> str:
+def difference(keep: Path, a: str, b: str, ops: int, top: int = 20,
+               inclusive: bool = False) -> str:
     """The functions whose instructions per claim differ most between
-    variants ``a`` and ``b`` (kept in the directory ``keep``)."""
-    first, second = functions(keep / a, ops), functions(keep / b, ops)
+    variants ``a`` and ``b`` (kept in the directory ``keep``): their own, or
+    with their callees' (``inclusive``)."""
+    first, second = functions(keep / a, ops, inclusive), functions(keep / b, ops, inclusive)
     by = sorted(set(first) | set(second),
                 key=lambda name: -abs(second.get(name, 0) - first.get(name, 0)))
     lines = [f"| function | {a} | {b} | difference |", "|---|---|---|---|"]
@@ -338,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--keep", type=Path, default=None,
                         help="a directory to keep each variant's two callgrind files in "
                              "(VARIANT.few and VARIANT.many), for callgrind_annotate")
+    parser.add_argument("--inclusive", action="store_true",
+                        help="with --keep: the functions' counts with their callees'")
     args = parser.parse_args(argv)
     names = [name for name in args.variants.split(",") if name]
     unknown = [name for name in names if name not in VARIANTS]
@@ -355,8 +370,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print(f"{name}: {row}", flush=True)
     print(table(rows))
     if args.keep is not None and {"floor", "claim"} <= set(names):
-        print("\nInstructions per claim by function (their own), the floor against the claim:")
-        print(difference(args.keep, "floor", "claim", args.ops))
+        print("\nInstructions per claim by function ("
+              + ("with their callees'" if args.inclusive else "their own")
+              + "), the floor against the claim:")
+        print(difference(args.keep, "floor", "claim", args.ops, inclusive=args.inclusive))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

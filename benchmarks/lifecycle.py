@@ -95,26 +95,8 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
     variants = LIVE_VARIANTS if live else VARIANTS
     floor_table = f"bench_lifecycle_floor_{uuid.uuid4().hex[:8]}"
     create_floor, floor_claim, floor_done = floor_sql(floor_table)
-    conn: Any = None
-    if live:
-        conn = psycopg.connect(sa.engine.make_url(database_url).set(drivername="postgresql")
-                               .render_as_string(hide_password=False), autocommit=True)
-        conn.execute(create_floor)
-
-        @app.task(shared=False, name="floor", acks_late=True, bind=True)
-        def floor(self: Any, n: int) -> int | None:
-            key = f"{self.name}:{self.request.id}"
-            won = conn.execute(floor_claim, (key,)).fetchone()
-            if won is None:
-                return None  # a duplicate of a finished claim
-            conn.execute(floor_done, (key, won[0]))
-            return n
-
-    app.finalize()
-    store = app.tasks["claim"].claim_store
-    store.one_task_at_a_time()  # as a prefork or solo worker does
-    tracers = {name: build_tracer(name, app.tasks[name], hostname="bench@host", app=app)
-               for name in variants}
+    conn: Any = None  # the floor's connection (live)
+    store: Any = None
 
     def request(task_id: str, name: str, n: int) -> dict[str, Any]:
         return {"id": task_id, "task": name, "hostname": "bench@host", "args": (n,),
@@ -122,8 +104,8 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
                 "delivery_info": {"exchange": "", "routing_key": "q", "priority": 0,
                                   "redelivered": False}}
 
-    # Every replacement below is undone by close(): the benchmark runs in a
-    # test's process too, beside other tests.
+    # Every replacement below is undone by close(), and every table dropped:
+    # the benchmark runs in a test's process too, beside other tests.
     undo: list[Callable[[], None]] = []
 
     def patch(owner: Any, name: str, value: Any) -> None:
@@ -132,50 +114,83 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
         undo.append(lambda: setattr(owner, name, old) if had else delattr(owner, name))
 
     def close() -> None:
-        while undo:
-            undo.pop()()
-        if live:
-            store.drop_schema()
-            conn.execute(f"DROP TABLE IF EXISTS {floor_table}")
-            conn.close()
-
-    if not live:
-        # Record PostgreSQL's reply to each statement once, then answer with it.
-        replies: dict[bytes, Any] = {}
-        run = _libpq.LibpqSession._run
-
-        def recording(self: Any, plan: Any, params: Any, formats: Any) -> Any:
-            result = replies[plan.name] = run(self, plan, params, formats)
-            return result
-
-        patch(_libpq.LibpqSession, "_run", recording)
         try:
-            for name in ("claim", "claim_key"):
-                task_id = str(uuid.uuid4())
-                tracers[name](task_id, (1,), {}, request(task_id, name, 1))
+            while undo:
+                undo.pop()()
         finally:
-            store.drop_schema()
-        undo.pop()()
-        patch(_libpq.LibpqSession, "_run",
-              lambda self, plan, params, formats: replies[plan.name])
+            try:
+                if live and store is not None:
+                    store.drop_schema()
+            finally:
+                if store is not None:
+                    store.dispose()
+                if conn is not None:
+                    try:
+                        conn.execute(f"DROP TABLE IF EXISTS {floor_table}")
+                    finally:
+                        conn.close()
 
-    nothing = lambda *a, **k: None  # noqa: E731
-    if "report" in without:
-        patch(reporting, "acquired", nothing)
-        patch(reporting, "completed", nothing)
-    if "pin" in without:
-        patch(callbacks, "pin_callback_ids", nothing)
-    if "encode" in without:
-        encoded = results.encode(1, "json")
-        patch(results, "encode", lambda value, serializer: encoded)
-    if "store" in without:
-        from celery_claim.store import Acquired
+    try:
+        if live:
+            conn = psycopg.connect(sa.engine.make_url(database_url).set(drivername="postgresql")
+                                   .render_as_string(hide_password=False), autocommit=True)
+            conn.execute(create_floor)
 
-        patch(store, "claim", lambda *a, **k: Acquired(1, 1))
-        patch(store, "complete", lambda *a, **k: True)
-    if "heartbeat" in without:
-        patch(heartbeat, "hold", nothing)
-        patch(heartbeat, "drop", nothing)
+            @app.task(shared=False, name="floor", acks_late=True, bind=True)
+            def floor(self: Any, n: int) -> int | None:
+                key = f"{self.name}:{self.request.id}"
+                won = conn.execute(floor_claim, (key,)).fetchone()
+                if won is None:
+                    return None  # a duplicate of a finished claim
+                conn.execute(floor_done, (key, won[0]))
+                return n
+
+        app.finalize()
+        store = app.tasks["claim"].claim_store
+        store.one_task_at_a_time()  # as a prefork or solo worker does
+        tracers = {name: build_tracer(name, app.tasks[name], hostname="bench@host", app=app)
+                   for name in variants}
+
+        if not live:
+            # Record PostgreSQL's reply to each statement once, then answer with it.
+            replies: dict[bytes, Any] = {}
+            run = _libpq.LibpqSession._run
+
+            def recording(self: Any, plan: Any, params: Any, formats: Any) -> Any:
+                result = replies[plan.name] = run(self, plan, params, formats)
+                return result
+
+            patch(_libpq.LibpqSession, "_run", recording)
+            try:
+                for name in ("claim", "claim_key"):
+                    task_id = str(uuid.uuid4())
+                    tracers[name](task_id, (1,), {}, request(task_id, name, 1))
+            finally:
+                store.drop_schema()
+            undo.pop()()
+            patch(_libpq.LibpqSession, "_run",
+                  lambda self, plan, params, formats: replies[plan.name])
+
+        nothing = lambda *a, **k: None  # noqa: E731
+        if "report" in without:
+            patch(reporting, "acquired", nothing)
+            patch(reporting, "completed", nothing)
+        if "pin" in without:
+            patch(callbacks, "pin_callback_ids", nothing)
+        if "encode" in without:
+            encoded = results.encode(1, "json")
+            patch(results, "encode", lambda value, serializer: encoded)
+        if "store" in without:
+            from celery_claim.store import Acquired
+
+            patch(store, "claim", lambda *a, **k: Acquired(1, 1))
+            patch(store, "complete", lambda *a, **k: True)
+        if "heartbeat" in without:
+            patch(heartbeat, "hold", nothing)
+            patch(heartbeat, "drop", nothing)
+    except BaseException:
+        close()
+        raise
 
     def one(name: str) -> Callable[[str, int], Any]:
         trace = tracers[name]
@@ -243,9 +258,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="instructions per task under valgrind, instead of CPU time")
     parser.add_argument("--without", default="",
                         help=f"parts to replace with nothing: {', '.join(PARTS)}")
-    parser.add_argument("--variants", default=",".join(LIVE_VARIANTS),
-                        help="with --instructions: which to count (plain is always counted; "
-                             "floor only with --live)")
+    parser.add_argument("--variants", default="",
+                        help="with --instructions: which to count, comma-separated (default: all; "
+                             "plain is always counted; floor only with --live)")
     parser.add_argument("--live", action="store_true",
                         help="real round trips to PostgreSQL, and the floor's task")
     parser.add_argument("--tasks", type=int, default=2000)
@@ -263,7 +278,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     variants = LIVE_VARIANTS if args.live else VARIANTS
     if args.instructions:
-        wanted = {"plain", *args.variants.split(",")}
+        wanted = {"plain", *(name for name in args.variants.split(",") if name)} \
+            if args.variants else set(variants)
+        if wanted - set(variants):
+            parser.error(f"unknown variants {sorted(wanted - set(variants))}; known: "
+                         f"{', '.join(variants)}" + ("" if args.live else " (floor needs --live)"))
         counts: dict[str, float] = {
             name: instructions(args.database_url, name, tree=args.tree, without=without,
                                live=args.live)
