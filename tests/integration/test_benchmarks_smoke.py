@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from support.scenario import unavailable
 
 from benchmarks import run
+from celery_claim.testing.processes import live_processes, process_info
 
 
 @pytest.mark.timeout(120)
@@ -262,13 +263,6 @@ def test_the_lifecycle_benchmark_runs_live_with_the_floor_and_leaves_nothing_beh
 
 
 def _processes_mentioning(text: str) -> list[int]:
-    """The processes whose command line contains ``text``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if text.encode() in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
+    """The live processes whose command line contains ``text``."""
+    return [pid for pid, _, _ in live_processes()
+            if any(text in arg for arg in process_info(pid).get("cmdline", []))]
