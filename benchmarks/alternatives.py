@@ -39,7 +39,7 @@ from celery_claim.statements import DriverStatement, driver_dialect
 def without_verdict(table: str) -> str:
     """The claim statement without the ``mismatch`` column in its lost branch
     (psycopg's ``%(name)s`` placeholders), on ``table``."""
-    statement = sql_claim._claim(sql.make_table(table), "postgresql", verdict=False)
+    statement = sql_claim._claim_conflict(sql.make_table(table), "postgresql", verdict=False)
     return DriverStatement.compile("claim", statement, driver_dialect("psycopg")).sql
 
 

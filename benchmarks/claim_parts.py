@@ -172,7 +172,7 @@ def _variant(claim: Callable[[sa.Table], Any]) -> Callable[[Any, str], Claim]:
     """A variant whose claim statement is ``claim(table)``: SQLAlchemy's, or SQL text."""
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
-        for create in ddl(t, "postgresql").split(";\n"):
+        for create in ddl(t, "postgresql").split(";\n\n"):
             if create.strip():
                 conn.execute(create)
         dialect = driver_dialect("psycopg")
@@ -204,7 +204,7 @@ def function(conn: Any, table: str) -> Claim:
     and row only when the acquire did not win. The function is the
     connection's own (``pg_temp``): it goes when the connection closes."""
     t = make_table(table)
-    for create in ddl(t, "postgresql").split(";\n"):
+    for create in ddl(t, "postgresql").split(";\n\n"):
         if create.strip():
             conn.execute(create)
     acquire = _in_function(sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt),
@@ -241,7 +241,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
                        _variant(_acquire_in_cte)),
     "claim": ("the claim statement ClaimStore runs", _variant(_adopted("claim"))),
     "claim_read": ("not adopted: the duplicate's branch a locking read, without the count",
-                   _variant(lambda t: sql_claim._claim(t, "postgresql", count=False))),
+                   _variant(lambda t: sql_claim._claim_conflict(t, "postgresql", count=False))),
     "multi_assign": ("not adopted: one INSERT .. ON CONFLICT DO UPDATE, the rule evaluated "
                      "once in a sub-SELECT", _variant(lambda t: multi_assign(t.name))),
     "verdict_in_where": ("not adopted: one INSERT .. ON CONFLICT DO UPDATE, the rule evaluated "

@@ -83,7 +83,7 @@ class _FloorWide(_Floor):
 
     def __init__(self, conn: Any, table: str) -> None:  # not the floor's table
         t = make_table(table)
-        for create in ddl(t, "postgresql").split(";\n"):
+        for create in ddl(t, "postgresql").split(";\n\n"):
             if create.strip():
                 conn.execute(create)
         conn.execute(f"DROP INDEX {table}_expires_idx")
@@ -139,8 +139,8 @@ DUPLICATES = tuple(dict.fromkeys(
 #: What runs when ``--variants`` is not given: the floor, the claim, and the
 #: steps between them.
 DEFAULT = ("nothing", "floor_acquire", "floor", "floor_wide", "no_expiry_index", "no_result",
-           "no_lost_branch", "acquire_in_cte", "claim_statement", "claim", "stale_index",
-           "completion_last", "function")
+           "no_lost_branch", "acquire_in_cte", "claim_conflict", "claim_statement", "claim",
+           "stale_index", "completion_last", "function")
 
 
 def _bindir() -> Path:

@@ -22,22 +22,30 @@ variant                 what it is
                         (:mod:`benchmarks.previous_release`)
 ``text``                the same with ``TEXT`` columns
 ``no_check``            and without the check constraint on ``state``
-``json_record``         and with this release's claim statement (the row a
+``json_record``         and with ``claim_conflict``'s claim statement (the row a
                         duplicate lost to as one JSON column)
+``claim_conflict``      this release's table, with the claim statement of the
+                        release before (one ``INSERT .. ON CONFLICT DO UPDATE``
+                        with the duplicate's branch beside it, which a table
+                        without the settle function still runs): and without
+                        the index on running leases, the expiry set at
+                        acquire, so completions are HOT updates
 ``claim``               this release's table and the statements ``ClaimStore``
-                        runs: and without the index on running leases, the
-                        expiry set at acquire, so completions are HOT updates
+                        runs: the claim an ``INSERT .. ON CONFLICT DO NOTHING``
+                        that calls the table's settle function only when the
+                        key has a row (:mod:`celery_claim.sql_settle`)
 ``stale_index``         the same, with the index on running leases that the
                         previous table had (what adding it back costs)
-``no_lost_branch``      this release's table with the acquire alone: without the
-                        duplicate's branch that makes a duplicate one statement
+``no_lost_branch``      this release's table with the acquire alone (``claim_conflict``
+                        without the duplicate's branch that makes a duplicate
+                        one statement)
 ``no_result``           and a completion that stores no result
 ``no_expiry_index``     and no index on ``expires_at`` (purge's): what is left
                         against the floor is the wider row itself
-``no_verdict``          not adopted (:mod:`benchmarks.alternatives`): ``claim``
+``no_verdict``          not adopted (:mod:`benchmarks.alternatives`): ``claim_conflict``
                         without the ``mismatch`` verdict in the duplicate's
                         branch, which a client could derive from the row
-``single_statement``    not adopted (:mod:`benchmarks.alternatives`): ``claim``
+``single_statement``    not adopted (:mod:`benchmarks.alternatives`): ``claim_conflict``
                         with its claim statement as one ``INSERT .. ON CONFLICT DO
                         UPDATE`` whose ``SET`` counts a duplicate, without the
                         duplicate's CTE
@@ -45,8 +53,8 @@ variant                 what it is
 
 Each of ``text`` to ``claim`` takes one more cost of ``before`` away: the
 differences between neighbours are what each cost. For the claim statements
-(``json_record``, ``claim``, ``no_verdict``, ``single_statement``) the suite also measures a
-duplicate of a finished claim: the same keys delivered again.
+(``json_record``, ``claim_conflict``, ``claim``, ``no_verdict``, ``single_statement``) the
+suite also measures a duplicate of a finished claim: the same keys delivered again.
 """
 
 from __future__ import annotations
@@ -139,9 +147,14 @@ class _Statements:
         _pause(self.pause)
 
     def again(self, key: str) -> None:
-        row = self._acquire(key).fetchone()
+        cursor = self._acquire(key)
+        row = cursor.fetchone()
         assert row is not None, key  # lost, in one statement
-        assert row[0] is False, row
+        names = [c.name for c in cursor.description]
+        if "settled" in names:  # the settle function's answer
+            assert str(row[names.index("settled")]).startswith("[false,"), row
+        else:
+            assert row[0] is False, row
 
 
 def _previous(*, text: bool = False, check: bool = True,
@@ -162,7 +175,7 @@ def _previous(*, text: bool = False, check: bool = True,
         claim = previous_release.CLAIM.format(table=table)
         if record:
             ours = Statements(make_table(table), "postgresql")
-            claim = ours.driver("claim", driver_dialect("psycopg")).sql
+            claim = ours.driver("claim_conflict", driver_dialect("psycopg")).sql
         return _Statements(conn, claim, previous_release.COMPLETE.format(table=table))
     return make
 
@@ -191,7 +204,7 @@ def _claims(*, stale_index: bool = False, acquire: str = "claim",
             verdict: bool = True, completion_last: bool = False) -> Callable[[Any, str], Claim]:
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
-        for create in ddl(_reordered(t) if completion_last else t, "postgresql").split(";\n"):
+        for create in ddl(_reordered(t) if completion_last else t, "postgresql").split(";\n\n"):
             if create.strip():
                 conn.execute(create)
         if not expiry_index:
@@ -217,10 +230,15 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
     "before": ("the previous commit's table and statements", _previous()),
     "text": ("before, with TEXT columns", _previous(text=True)),
     "no_check": ("and no check constraint on state", _previous(text=True, check=False)),
-    "json_record": ("and this release's claim statement: the lost row as one JSON column",
+    "json_record": ("and claim_conflict's claim statement: the lost row as one JSON column",
                     _previous(text=True, check=False, record=True)),
-    "claim": ("this release's table and statements: and no index on running leases, the "
-              "expiry set at acquire (completions are HOT updates)", _claims(stale_index=False)),
+    "claim_conflict": ("this release's table, the previous claim statement (INSERT .. ON "
+                       "CONFLICT DO UPDATE and the duplicate's branch): and no index on running "
+                       "leases, the expiry set at acquire (completions are HOT updates)",
+                       _claims(acquire="claim_conflict")),
+    "claim": ("this release's table and statements: the claim an INSERT .. ON CONFLICT DO "
+              "NOTHING that calls the settle function only for a key that has a row",
+              _claims(stale_index=False)),
     "stale_index": ("the same with an index on running leases added back",
                     _claims(stale_index=True)),
     "no_lost_branch": ("this release's table, the acquire without the duplicate's branch",
@@ -242,7 +260,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
 
 #: The variants whose claim statement also answers a duplicate: their
 #: PostgreSQL CPU per duplicate of a finished claim is measured too.
-DUPLICATES = ("json_record", "claim", "no_verdict", "single_statement")
+DUPLICATES = ("json_record", "claim_conflict", "claim", "no_verdict", "single_statement")
 
 
 def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,

@@ -168,8 +168,11 @@ class CoalescedStatements:
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self.claim = Coalescer(lambda params: run("acquire", "claim", params).first(),
-                               self._claim_many)
+        #: The store's one-claim statement (``ClaimStore.claim_statement``).
+        self.claim_statement = "claim"
+        self.claim = Coalescer(
+            lambda params: run("acquire", self.claim_statement, params).first(),
+            self._claim_many)
         self.complete = Coalescer(self._complete_one, self._complete_many)
 
     def _claim_many(self, batch: Sequence[dict[str, Any]]) -> list[Any]:

@@ -181,6 +181,19 @@ class Lost:
     #: The row holds another job under this key (other arguments, another task id).
     mismatch: bool
 
+    @staticmethod
+    def settled(answer: str) -> Acquired | Lost:
+        """The claim's settle function's answer (a JSON array,
+        :func:`celery_claim.sql_settle.settle_function`): the row taken over,
+        or the duplicate counted on the row it lost to (never takeable: the
+        count's ``WHERE`` refused it on that very version)."""
+        won, token, attempt, *lost = json.loads(answer)
+        if won:
+            return Acquired(token=token, attempt=attempt)
+        row, db_now, mismatch = lost[:3]
+        return Lost(ClaimRecord.from_json(row, _json_time(db_now)),  # type: ignore[arg-type]
+                    False, bool(mismatch))
+
     @classmethod
     def from_row(cls, row: Any) -> Lost:
         record = getattr(row, "record", None)

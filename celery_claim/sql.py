@@ -118,15 +118,32 @@ def make_table(name: str = DEFAULT_TABLE, meta: sa.MetaData | None = None) -> sa
     # Purge walks finished rows by expiry.
     sa.Index(f"{table_name}_expires_idx", table.c.expires_at,
              postgresql_where=table.c.expires_at.isnot(None))
+    # The claim's settle function (PostgreSQL) comes and goes with the table.
+    sa.event.listen(table, "after_create", _settle("create"))
+    sa.event.listen(table, "after_drop", _settle("drop"))
     return table
 
 
+def _settle(event: str) -> Callable[..., None]:
+    def run(target: sa.Table, connection: sa.Connection, **kw: Any) -> None:
+        from celery_claim import sql_settle  # it builds on this module
+
+        getattr(sql_settle, event)(target, connection)
+    return run
+
+
 def ddl(table: sa.Table, dialect: str) -> str:
-    """The CREATE statements of ``table`` and its indexes on ``dialect``."""
+    """The CREATE statements of ``table`` and its indexes on ``dialect``, and
+    on PostgreSQL of the claim's settle function
+    (:func:`celery_claim.sql_settle.settle_function`)."""
     compiler = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect}[dialect]()
     parts = [str(sa.schema.CreateTable(table).compile(dialect=compiler)).strip()]
     parts += [str(sa.schema.CreateIndex(ix).compile(dialect=compiler)).strip()
               for ix in sorted(table.indexes, key=lambda ix: ix.name or "")]
+    if dialect == "postgresql":
+        from celery_claim import sql_settle
+
+        parts.append(sql_settle.settle_function(table))
     return ";\n\n".join(parts) + ";\n"
 
 
@@ -269,15 +286,19 @@ def _takes(t: sa.Table, *, digest: Any, task_id: Any, now: Any) -> tuple[Any, An
 
 
 def _insert(t: sa.Table, dialect: str) -> Any:
+    return _take_over(t, _new_claim(t, dialect))
+
+
+def _new_claim(t: sa.Table, dialect: str) -> Any:
+    """The INSERT of a new claim, with no conflict clause yet."""
     insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(t).values(
+    return insert(t).values(
         key=_p("key"), state=RUNNING, token=1, task_name=_p("task_name"), task_id=_p("task_id"),
         attempt=1, owner=_p("owner"), payload_digest=_p("payload_digest"), duplicates=0,
         lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)),
         expires_at=db_now_plus(_p("lease_seconds", sa.Float) + _p("ttl_seconds", sa.Float)),
         created_at=db_now(), updated_at=db_now(),
     )
-    return _take_over(t, stmt)
 
 
 def _take_over(t: sa.Table, stmt: Any) -> Any:
@@ -359,28 +380,6 @@ def _release(t: sa.Table, dialect: str) -> sa.Executable:
     )
 
 
-def _renew(t: sa.Table, dialect: str) -> sa.Executable:
-    # The (key, token) pairs come as two lists, element by element: a fixed
-    # statement whatever their number (arrays here, JSON arrays on SQLite).
-    held: Any
-    if dialect == "postgresql":
-        pairs = sa.func.unnest(_p("keys", postgresql.ARRAY(sa.Text)),
-                               _p("tokens", postgresql.ARRAY(sa.BigInteger))
-                               ).table_valued("key", "token").render_derived()
-        held = sa.tuple_(t.c.key, t.c.token).in_(sa.select(pairs.c.key, pairs.c.token))
-    else:
-        keys = sa.func.json_each(_p("keys", sa.JSON)).table_valued("key", "value")
-        held = sa.exists().where(
-            keys.c.value == t.c.key,
-            sa.func.json_extract(_p("tokens", sa.JSON), "$[" + keys.c.key + "]") == t.c.token)
-    return (
-        sa.update(t)
-        .where(t.c.state == RUNNING, held)
-        .values(lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)), updated_at=db_now())
-        .returning(t.c.key, t.c.token)
-    )
-
-
 Builder = Callable[[sa.Table, str], sa.Executable]
 
 #: Every statement by name: (description, builder).
@@ -393,5 +392,4 @@ STATEMENTS: dict[str, tuple[str, Builder]] = {
     "complete": ("fenced completion without a result (failures, unstorable results)",
                  lambda t, d: _complete(t, d, with_result=False)),
     "release": ("fenced release: the holder gives the claim back", _release),
-    "renew": ("fenced heartbeat: extend the leases of many running claims at once", _renew),
 }

@@ -1,9 +1,14 @@
 """The claim: the acquire with the duplicate's count beside it, for one
 delivery or many, and the coalesced completion.
 
-``claim`` is the statement every delivery runs (:func:`_claim`): it acquires,
-or counts the duplicate and reads the row it lost to, in one round trip.
-``lost_to`` and ``note_duplicate`` are its duplicate branch on its own.
+``claim`` is the statement every delivery runs (:func:`_claim`): it inserts
+the claim, or (when the key has a row) calls the table's *settle function*
+(:func:`celery_claim.sql_settle.settle_function`), which takes the row over or counts the duplicate
+and reads the row it lost to: one round trip either way. ``claim_conflict``
+is the same in one ``INSERT .. ON CONFLICT DO UPDATE`` with the duplicate's
+branch beside it (:func:`_claim_conflict`), for a table created before the
+function existed. ``lost_to`` and ``note_duplicate`` are the duplicate's
+branch on its own.
 
 When several threads of one worker process claim (or complete) at the same
 moment, :mod:`celery_claim.coalesce` sends their calls as one of these
@@ -23,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from celery_claim import sql
+from celery_claim import sql, sql_settle
 from celery_claim.sql import RUNNING, Builder, _p, db_now, db_now_plus
 
 # --- one delivery ------------------------------------------------------------
@@ -81,10 +86,12 @@ def _lost_columns(t: sa.Table, *, verdict: bool = True) -> list[Any]:
             *([mismatch.label("mismatch")] if verdict else []), _quick_commit()]
 
 
-def _claim(t: sa.Table, dialect: str, *, verdict: bool = True,
-           count: bool = True) -> sa.Executable:
+def _claim_conflict(t: sa.Table, dialect: str, *, verdict: bool = True,
+                    count: bool = True) -> sa.Executable:
     """Acquire, or (on PostgreSQL) count the duplicate and read the row it lost
     to, in one statement; on SQLite the acquire alone (:func:`_lost_to` follows).
+    What ``claim`` was before the settle function, and still is for a table
+    without it (:func:`celery_claim.upgrade.check_current`).
 
     The lost branch (:func:`_count_duplicate`) sees the row the conflict
     check locked, and returns it as one JSON column (``record``): a first
@@ -113,6 +120,52 @@ def _claim(t: sa.Table, dialect: str, *, verdict: bool = True,
     return sa.union_all(
         sa.select(sa.false().label("won"), lost.c.token, lost.c.attempt, *others),
         sa.select(sa.true(), won.c.token, won.c.attempt, *[sa.null() for _ in others]),
+    )
+
+
+def _claim(t: sa.Table, dialect: str) -> sa.Executable:
+    """Insert the claim; or, when the key has a row, settle it
+    (:func:`celery_claim.sql_settle.settle_function`): in one statement on PostgreSQL. On SQLite the
+    acquire alone (:func:`_lost_to` follows).
+
+    Returns ``token`` and ``attempt`` of an inserted row, or ``settled``,
+    the function's answer (:meth:`celery_claim.records.Lost.settled`). ``ON CONFLICT DO NOTHING``
+    waits for a conflicting row's transaction and then leaves the row to
+    the function, whose statements see it (each takes a new snapshot).
+    """
+    if dialect != "postgresql":
+        return sql._acquire(t, dialect)
+    won = sql._new_claim(t, dialect).on_conflict_do_nothing(index_elements=[t.c.key]) \
+        .returning(t.c.token, t.c.attempt).cte("won")
+    one = sa.select(sa.null().label("one")).subquery("one")
+    return sa.select(
+        won.c.token, won.c.attempt,
+        sa.case((won.c.token.is_(None), sql_settle.settle_call(t))).label("settled"),
+    ).select_from(one.outerjoin(won, sa.true()))
+
+
+# --- the lease -----------------------------------------------------------------
+
+
+def _renew(t: sa.Table, dialect: str) -> sa.Executable:
+    # The (key, token) pairs come as two lists, element by element: a fixed
+    # statement whatever their number (arrays here, JSON arrays on SQLite).
+    held: Any
+    if dialect == "postgresql":
+        pairs = sa.func.unnest(_p("keys", postgresql.ARRAY(sa.Text)),
+                               _p("tokens", postgresql.ARRAY(sa.BigInteger))
+                               ).table_valued("key", "token").render_derived()
+        held = sa.tuple_(t.c.key, t.c.token).in_(sa.select(pairs.c.key, pairs.c.token))
+    else:
+        keys = sa.func.json_each(_p("keys", sa.JSON)).table_valued("key", "value")
+        held = sa.exists().where(
+            keys.c.value == t.c.key,
+            sa.func.json_extract(_p("tokens", sa.JSON), "$[" + keys.c.key + "]") == t.c.token)
+    return (
+        sa.update(t)
+        .where(t.c.state == RUNNING, held)
+        .values(lease_expires_at=db_now_plus(_p("lease_seconds", sa.Float)), updated_at=db_now())
+        .returning(t.c.key, t.c.token)
     )
 
 
@@ -148,7 +201,7 @@ def _claim_many(t: sa.Table, dialect: str) -> sa.Executable:
     """``claim`` for many keys (distinct, sorted: rows are locked in key order,
     so two processes' statements cannot deadlock on each other)."""
     if dialect != "postgresql":
-        return _claim(t, dialect)
+        return _claim_conflict(t, dialect)
     # Once, as a CTE: the INSERT and the duplicates' UPDATE both read it.
     d = sa.select(_batch(("key", sa.Text), ("task_name", sa.Text), ("task_id", sa.Text),
                          ("owner", sa.Text), ("payload_digest", sa.Text),
@@ -200,9 +253,14 @@ def _complete_many(t: sa.Table, dialect: str) -> sa.Executable:
 
 #: The claim's statements by name: (description, builder).
 STATEMENTS: dict[str, tuple[str, Builder]] = {
-    "claim": ("acquire, or count the duplicate and read the row it lost to with the "
-              "acquire's verdict on it, in one statement (PostgreSQL; SQLite: the acquire)",
+    "renew": ("fenced heartbeat: extend the leases of many running claims at once", _renew),
+    "claim": ("insert the claim, or settle an existing row in the table's settle function "
+              "(take it over, or count the duplicate and read the row it lost to with the "
+              "acquire's verdict on it), in one statement (PostgreSQL; SQLite: the acquire)",
               _claim),
+    "claim_conflict": ("acquire, or count the duplicate and read the row it lost to with the "
+                       "acquire's verdict on it, in one statement without the settle function "
+                       "(PostgreSQL; SQLite: the acquire)", _claim_conflict),
     "lost_to": ("count a duplicate delivery and read the row it lost to, with the "
                 "acquire's verdict on it (may it take the row; other arguments)", _lost_to),
     "note_duplicate": ("count a duplicate delivery and read the row it lost to",

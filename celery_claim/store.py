@@ -51,6 +51,10 @@ class ClaimStore:
         self.create_schema_on_start = create_schema
         self.statements = Statements(self.table, connector.dialect)
         self._schema_ready = False
+        #: The statement a claim runs: ``claim``, or ``claim_conflict`` for a
+        #: table created before the settle function (set by
+        #: :func:`celery_claim.upgrade.check_current` until the upgrade).
+        self.claim_statement = "claim"
         #: The claims and completions that this process's threads make at
         #: once share one statement (see :mod:`celery_claim.coalesce`);
         #: ``None`` where the connector cannot coalesce, or ``coalesce=False``.
@@ -59,6 +63,13 @@ class ClaimStore:
 
     def __repr__(self) -> str:
         return f"<ClaimStore {self.table_name} at {self.connector.describe()}>"
+
+    def use_claim_statement(self, name: str) -> None:
+        """Claim with ``name``: ``claim``, or ``claim_conflict`` where the table
+        has no settle function yet (:mod:`celery_claim.upgrade`)."""
+        self.claim_statement = name
+        if self.coalesced is not None:
+            self.coalesced.claim_statement = name
 
     def one_task_at_a_time(self) -> None:
         """This process runs one task at a time (a prefork child, a solo
@@ -150,8 +161,9 @@ class ClaimStore:
         """Claim ``key``, or count the duplicate and read the row it lost to, in
         one statement (on PostgreSQL).
 
-        ``None``: lost, and the statement could not read the row (SQLite, or a
-        row committed after the statement's snapshot): :meth:`lost_to` reads it.
+        ``None``: lost, and the statement could not read the row (SQLite; or,
+        with ``claim_conflict``, a row committed after the statement's
+        snapshot): :meth:`lost_to` reads it.
         """
         params = {
             "key": key, "task_name": task_name, "task_id": task_id, "owner": owner[:255],
@@ -162,9 +174,12 @@ class ClaimStore:
         if self.coalesced is not None:
             row = self.coalesced.claim(key, params, (retry_failed, check_payload))
         else:
-            row = self._run("acquire", "claim", params).first()
+            row = self._run("acquire", self.claim_statement, params).first()
         if row is None:
             return None
+        settled = getattr(row, "settled", None)
+        if settled is not None:  # claim: the key had a row
+            return Lost.settled(settled)
         if getattr(row, "won", True):
             return Acquired(token=row.token, attempt=row.attempt)
         return Lost.from_row(row)

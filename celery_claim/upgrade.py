@@ -23,6 +23,13 @@ The upgrade turns the columns into ``TEXT`` (no rewrite: the types are
 binary compatible), drops the constraint and drops the index. Nothing about
 the rows changes.
 
+A table without the claim's settle function (created before it existed, or
+by a tool that creates only the table, such as Alembic) is recommended one
+too: the upgrade creates it (:func:`celery_claim.sql_settle.settle_function`;
+no lock on the table). Until then a worker claims with the statement of the
+releases before it (``claim_conflict``), which costs PostgreSQL more per
+first delivery and does the same.
+
 It runs in one transaction (on PostgreSQL under the same advisory lock as
 table creation) and is idempotent: a current table is left alone. Run it
 with ``celery-claim schema --upgrade`` while no worker of the earlier release
@@ -39,7 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from celery_claim import errors, results
+from celery_claim import errors, results, sql_settle
 from celery_claim.store import ClaimStore
 
 __all__ = ["check_current", "pending", "upgrade"]
@@ -91,7 +98,17 @@ def _recommended(conn: sa.Connection, table: sa.Table,
     if _LEASE_INDEX.format(table=table.name) in {
             i["name"] for i in inspector.get_indexes(table.name, schema=table.schema)}:
         steps.append("drop the index on running leases")
+    if not has_settle_function(conn, table):
+        steps.append("create the claim's settle function")
     return steps
+
+
+def has_settle_function(conn: sa.Connection, table: sa.Table) -> bool:
+    """Whether ``table`` has its settle function (PostgreSQL)."""
+    types = ", ".join(type_ for _, type_ in sql_settle.SETTLE_ARGUMENTS)
+    found = conn.execute(sa.text("SELECT to_regprocedure(:signature) IS NOT NULL"),
+                         {"signature": f"{sql_settle.settle_name(table)}({types})"}).scalar()
+    return bool(found)
 
 
 def _pending(conn: sa.Connection, table: sa.Table) -> tuple[list[str], list[str]]:
@@ -121,6 +138,7 @@ def upgrade(store: ClaimStore) -> list[str]:
             _upgrade_results(conn, table)
         if recommended:
             _upgrade_table(conn, table)
+    store.use_claim_statement("claim")
     with _checked_lock:
         _checked.add(store)
     return required + recommended
@@ -172,6 +190,8 @@ def _upgrade_table(conn: sa.Connection, table: sa.Table) -> None:
     if narrow:
         conn.execute(sa.text(f"ALTER TABLE {name} " + ", ".join(
             f"ALTER COLUMN {preparer.quote(column)} TYPE text" for column in narrow)))
+    if not has_settle_function(conn, table):
+        conn.exec_driver_sql(sql_settle.settle_function(table))
 
 
 def check_current(store: ClaimStore) -> None:
@@ -196,5 +216,7 @@ def check_current(store: ClaimStore) -> None:
             "the claims table %r was created by an earlier release of celery-claim: "
             "`celery-claim schema --upgrade` makes each claim cheaper for the database "
             "(it would %s; no row changes)", store.table_name, ", ".join(recommended))
+    if "create the claim's settle function" in recommended:
+        store.use_claim_statement("claim_conflict")
     with _checked_lock:
         _checked.add(store)

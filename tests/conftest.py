@@ -117,6 +117,8 @@ def _drop(url: str, table: str) -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}_fx"'))
+            if conn.dialect.name == "postgresql":  # the claim's settle function
+                conn.execute(sa.text(f'DROP FUNCTION IF EXISTS "{table}_settle"'))
     except sa.exc.OperationalError:
         pass  # a test of an unreachable database
     finally:

@@ -30,9 +30,9 @@ __all__ = ["SQLAlchemyConnector", "create_engine"]
 
 #: The claim life cycle: every task runs these, so on PostgreSQL they go
 #: straight to the process's driver connection.
-HOT_STATEMENTS = frozenset(("acquire", "claim", "claim_many", "lost_to", "note_duplicate",
-                            "get", "complete", "complete_with_result", "complete_many",
-                            "release"))
+HOT_STATEMENTS = frozenset(("acquire", "claim", "claim_conflict", "claim_many", "lost_to",
+                            "note_duplicate", "get", "complete", "complete_with_result",
+                            "complete_many", "release"))
 
 try:  # the driver's own errors, raised by the process's driver connection
     from psycopg import Error as _PsycopgError

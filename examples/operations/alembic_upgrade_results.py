@@ -8,6 +8,7 @@ would do it (PostgreSQL):
     def upgrade() -> None:
         upgrade_claim_results(op)
         upgrade_claims_table(op)
+        create_settle_function(op)
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+
+from celery_claim import sql, sql_settle
 
 #: The columns release 0.1 made VARCHAR(n); they are TEXT now.
 TEXT_COLUMNS = ("key", "state", "task_name", "task_id", "owner", "payload_digest")
@@ -46,3 +49,9 @@ def upgrade_claims_table(op: Any, table: str = "celery_claims") -> None:
     op.execute(sa.text(f'DROP INDEX IF EXISTS "{table}_running_lease_idx"'))
     for column in TEXT_COLUMNS:
         op.alter_column(table, column, type_=sa.Text())
+
+
+def create_settle_function(op: Any, table: str = "celery_claims") -> None:
+    """The claim's settle function, which the claim statement calls when a key
+    already has a row (``CREATE OR REPLACE``: no lock on the table)."""
+    op.execute(sa.text(sql_settle.settle_function(sql.make_table(table))))

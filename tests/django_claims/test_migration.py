@@ -61,6 +61,15 @@ def test_the_migrated_table_is_the_one_celery_claim_schema_makes(test_database_u
             made = catalog(conn, f"{schema}.celery_claims")
         assert migrated["columns"], "the migration made no table"
         assert migrated == made
+        with engine.connect() as conn:
+            settle = {row[0]: row[1:] for row in conn.execute(sa.text(
+                "SELECT n.nspname, pg_get_function_identity_arguments(p.oid), p.prosrc "
+                "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE p.proname = 'celery_claims_settle' AND n.nspname IN ('public', :schema)"),
+                {"schema": schema})}
+        assert settle["public"][0] == settle[schema][0]
+        assert "UPDATE celery_claims SET duplicates=" in settle["public"][1]
+        assert settle["public"][1] == settle[schema][1].replace(f"{schema}.", "")
     finally:
         store.dispose()
         with engine.begin() as conn:
@@ -98,6 +107,8 @@ def test_an_existing_table_is_adopted_with_fake_initial(database_url: str,
         shown = project.manage("showmigrations", "celery_claim").stdout
         assert "[X] 0001_initial" in shown
         project.manage("migrate")
+        assert "[X] 0002_settle_function" in project.manage("showmigrations",
+                                                            "celery_claim").stdout
         store = ClaimStore(url, create_schema=False)
         assert store.get("kept") is not None  # the table and its claims are untouched
         store.dispose()

@@ -155,7 +155,16 @@ def test_each_claim_statement_of_the_claim_parts_answers_as_the_claim(
                 cursor = one._acquire(key)  # type: ignore[attr-defined]
                 rows = cursor.fetchall()
                 assert len(rows) == 1, rows
-                return dict(zip([c.name for c in cursor.description], rows[0], strict=True))
+                row = dict(zip([c.name for c in cursor.description], rows[0], strict=True))
+                if "settled" in row:  # the claim: inserted, or the settle function's answer
+                    if row["settled"] is None:
+                        return {"won": True, "token": row["token"]}
+                    won, token, _, *lost = json.loads(str(row["settled"]))
+                    if won:
+                        return {"won": True, "token": token}
+                    return {"won": False, "token": token, "record": json.dumps(lost[0]),
+                            "mismatch": lost[2]}
+                return row
 
             first = claim("k")
             assert first["won"] is True
@@ -230,7 +239,10 @@ def test_the_instruction_counts_repeat_and_leave_nothing_behind(tmp_path: Path) 
     assert not _processes_mentioning(str(root))  # none of the server's processes is left
     assert again["claim"] == pytest.approx(floor["claim"], rel=0.02)
     assert 50_000 < floor["claim"] < claim["claim"] < 2_000_000
-    assert 0 < claim["duplicate"] < claim["claim"]
+    # A duplicate runs the claim statement and the settle function's count:
+    # about as many instructions as a first delivery's two statements (it
+    # waits for no WAL flush; docs/performance.md).
+    assert 0.5 * claim["claim"] < claim["duplicate"] < 2 * claim["claim"]
     by_function = instructions.functions(tmp_path / "floor", ops=20)
     assert sum(by_function.values()) == pytest.approx(floor["claim"], rel=0.02)
 

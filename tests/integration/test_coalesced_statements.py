@@ -71,9 +71,12 @@ def _answer(row: Any) -> tuple[Any, ...]:
     """What a caller reads of a claim's row: won, or lost with its verdict."""
     if row is None:
         return (None,)
-    if row.won:
-        return ("won", row.token, row.attempt)
-    lost = Lost.from_row(row)
+    settled = getattr(row, "settled", None)  # claim: the key had a row
+    outcome = Lost.settled(settled) if settled is not None else None
+    if isinstance(outcome, Acquired) or (settled is None and getattr(row, "won", True)):
+        won = outcome or row
+        return ("won", won.token, won.attempt)
+    lost = outcome if isinstance(outcome, Lost) else Lost.from_row(row)
     record = {k: v for k, v in _fields(lost.record).items()
               if k in ("state", "token", "task_id", "attempt", "payload_digest", "duplicates",
                        "has_result", "stored_result", "error")}
@@ -109,11 +112,11 @@ def _run_story(store: ClaimStore, prefix: str, *, coalesced: bool) -> dict[str, 
     rows = _claims(store, batch, coalesced=coalesced)
     answers = [_answer(row) for row in rows]
     # The last fresh key stays running: its lease and expiry as the batch set them.
-    taken = [(p, row) for p, row in zip(batch, rows, strict=True)
-             if row is not None and row.won and p["key"] != fresh[-1]]
+    taken = [(p, answer) for p, answer in zip(batch, answers, strict=True)
+             if answer[0] == "won" and p["key"] != fresh[-1]]
     completions = []
-    for n, (params, row) in enumerate(taken):
-        completion: dict[str, Any] = {"key": params["key"], "token": row.token,
+    for n, (params, answer) in enumerate(taken):
+        completion: dict[str, Any] = {"key": params["key"], "token": answer[1],
                                       "state": "succeeded", "error": None,
                                       "ttl_seconds": 7200.0 + 60 * n}
         if n == 2:  # a failure, with an error beyond ASCII

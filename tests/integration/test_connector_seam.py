@@ -54,7 +54,7 @@ class CursorConnector(Connector):
         return CursorTransaction(self, psycopg.connect(self.conninfo))
 
     def _create_schema(self, statements: Statements) -> None:
-        for ddl in sql.ddl(statements.table, "postgresql").split(";\n"):
+        for ddl in sql.ddl(statements.table, "postgresql").split(";\n\n"):
             if ddl.strip():
                 self._connection().execute(ddl)  # type: ignore[call-overload]
 

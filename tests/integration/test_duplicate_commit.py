@@ -9,12 +9,14 @@ with it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+from psycopg.rows import dict_row
 
 from celery_claim import ClaimStore
 from celery_claim.statements import driver_dialect
@@ -45,16 +47,32 @@ def synchronous(conn: psycopg.Connection[Any]) -> str:
     return "on"
 
 
+@pytest.fixture(params=["claim", "claim_conflict"])
+def claim(request: pytest.FixtureRequest) -> str:
+    """The claim statement: with the settle function, and the one without it."""
+    return str(request.param)
+
+
+def _won(row: dict[str, Any]) -> tuple[bool, int]:
+    """(won, token) from a row of either claim statement."""
+    if "settled" in row:
+        if row["settled"] is None:  # inserted
+            return True, row["token"]
+        answer = json.loads(row["settled"])
+        return answer[0], answer[1]
+    return row["won"], row["token"]
+
+
 def _run(store: ClaimStore, conn: psycopg.Connection[Any], name: str,
          **params: Any) -> tuple[list[Any], str]:
-    """Run statement ``name`` in a transaction: (its rows, synchronous_commit after it)."""
+    """Run statement ``name`` in a transaction: (its rows as dicts, synchronous_commit after it)."""
     compiled = store.statements.driver(name, DIALECT)
     try:
-        with conn.cursor() as cursor:
+        with conn.cursor(row_factory=dict_row) as cursor:  # type: ignore[arg-type]
             cursor.execute(compiled.sql, compiled.params(params))  # type: ignore[arg-type]
             rows = cursor.fetchall()
             cursor.execute("SHOW synchronous_commit")
-            (setting,) = cursor.fetchone() or ("?",)
+            setting = (cursor.fetchone() or {}).get("synchronous_commit", "?")
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -87,44 +105,48 @@ def _take_overable(pg_store: ClaimStore, conn: psycopg.Connection[Any], how: str
 @pytest.mark.parametrize("own_transaction", [True, False])
 def test_a_first_delivery_commits_synchronously(
         pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str,
-        own_transaction: bool) -> None:
-    (row,), setting = _run(pg_store, conn, "claim", key="k", own_transaction=own_transaction,
+        own_transaction: bool, claim: str) -> None:
+    (row,), setting = _run(pg_store, conn, claim, key="k", own_transaction=own_transaction,
                            **CLAIM)
-    assert (row[0], setting) == (True, synchronous)  # won a fresh key
+    assert (_won(row), setting) == ((True, 1), synchronous)  # won a fresh key
 
 
 @pytest.mark.parametrize("how", ["released", "failed", "lease lapsed", "expired"])
 def test_a_take_over_commits_synchronously(
-        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str, how: str) -> None:
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str, how: str,
+        claim: str) -> None:
     _take_overable(pg_store, conn, how)
-    (row,), setting = _run(pg_store, conn, "claim", key="k", own_transaction=True,
+    (row,), setting = _run(pg_store, conn, claim, key="k", own_transaction=True,
                            **{**CLAIM, "retry_failed": True})
-    # Won again, by taking over the existing row: the duplicate's branch,
+    # Won again, by taking over the existing row: the duplicate's count,
     # which reads that row too, did not run.
-    assert (row[0], row[1], setting) == (True, 2, synchronous)
+    assert (_won(row), setting) == ((True, 2), synchronous)
+    assert pg_store.get("k").duplicates == 0  # type: ignore[union-attr]
 
 
 def test_a_duplicate_commits_without_waiting_and_is_counted_at_once(
-        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str) -> None:
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str,
+        claim: str) -> None:
     won = pg_store.acquire("k", **CLAIM)
     assert won is not None
-    rows, setting = _run(pg_store, conn, "claim", key="k", own_transaction=True, **CLAIM)
-    assert (rows[0][0], setting) == (False, "off")  # lost to a running claim
+    rows, setting = _run(pg_store, conn, claim, key="k", own_transaction=True, **CLAIM)
+    assert (_won(rows[0])[0], setting) == (False, "off")  # lost to a running claim
     _finish(pg_store, "k", won.token)
-    rows, setting = _run(pg_store, conn, "claim", key="k", own_transaction=True, **CLAIM)
-    assert (rows[0][0], setting) == (False, "off")  # a duplicate of a finished claim
+    rows, setting = _run(pg_store, conn, claim, key="k", own_transaction=True, **CLAIM)
+    assert (_won(rows[0])[0], setting) == (False, "off")  # a duplicate of a finished claim
     record = pg_store.get("k")
     assert record is not None
     assert (record.state, record.duplicates, record.result) == ("succeeded", 2, 5)
 
 
 def test_inside_a_callers_transaction_a_duplicate_leaves_it_synchronous(
-        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str) -> None:
+        pg_store: ClaimStore, conn: psycopg.Connection[Any], synchronous: str,
+        claim: str) -> None:
     won = pg_store.acquire("k", **CLAIM)
     assert won is not None
     _finish(pg_store, "k", won.token)
-    rows, setting = _run(pg_store, conn, "claim", key="k", own_transaction=False, **CLAIM)
-    assert (rows[0][0], setting) == (False, synchronous)
+    rows, setting = _run(pg_store, conn, claim, key="k", own_transaction=False, **CLAIM)
+    assert (_won(rows[0])[0], setting) == (False, synchronous)
     assert pg_store.get("k").duplicates == 1  # type: ignore[union-attr]
 
 

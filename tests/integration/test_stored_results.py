@@ -210,6 +210,7 @@ def test_the_documented_alembic_steps_upgrade_a_table_of_release_0_1(
             operations = Operations(MigrationContext.configure(conn))
             step.upgrade_claim_results(operations, table_name)
             step.upgrade_claims_table(operations, table_name)
+            step.create_settle_function(operations, table_name)
         store = ClaimStore(database_url, table=table_name, create_schema=False)
         assert upgrade.pending(store) == []
         assert store.get("k").result == {"z": [1, 2]}  # type: ignore[union-attr]

@@ -4,6 +4,7 @@ table of the earlier shape brought up to date."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from support.stores import store_on_engine
 
-from celery_claim import ClaimStore, errors, results, upgrade
+from celery_claim import ClaimStore, errors, records, results, sql_settle, upgrade
 from celery_claim.store import Acquired, Lost
 
 pytestmark = pytest.mark.postgres
@@ -181,30 +182,44 @@ def test_a_table_of_the_earlier_shape_works_and_is_brought_up_to_date(
         with caplog.at_level("WARNING", logger="celery_claim"):
             upgrade.check_current(store)
         assert "celery-claim schema --upgrade" in caplog.text
-        won = store.acquire("k", task_id="t1", **CLAIM)
-        assert won is not None
+        # Without the settle function, the claim statement that needs none.
+        assert store.claim_statement == "claim_conflict"
+        won = store.claim("k", task_id="t1", **CLAIM)
+        assert isinstance(won, Acquired)
         assert store.complete("k", won.token, result=1, has_result=True, ttl_seconds=60.0)
+        lost = store.claim("k", task_id="t1", **CLAIM)
+        assert isinstance(lost, Lost)
+        assert lost.record.result == 1
         steps = upgrade.pending(store)
         assert steps == ["make key, owner, payload_digest, result_content_encoding, "
                          "result_content_type, state, task_id, task_name text",
                          "drop the check constraint on state",
-                         "drop the index on running leases"]
+                         "drop the index on running leases",
+                         "create the claim's settle function"]
         assert upgrade.upgrade(store) == steps
         assert upgrade.pending(store) == []
+        assert store.claim_statement == "claim"
+        lost = store.claim("k", task_id="t1", **CLAIM)
+        assert isinstance(lost, Lost)
+        assert (lost.record.result, lost.record.duplicates) == (1, 2)
         made.create_schema()
         with engine.connect() as conn:
             upgraded = conn.execute(sa.text(CATALOG), {"table": table_name}).all()
             created = conn.execute(sa.text(CATALOG), {"table": fresh}).all()
+            bodies = dict(conn.execute(sa.text(
+                "SELECT proname, prosrc FROM pg_proc WHERE proname IN (:a, :b)"),
+                {"a": f"{table_name}_settle", "b": f"{fresh}_settle"}).all())
         assert upgraded == created
+        assert bodies[f"{table_name}_settle"] == \
+            bodies[f"{fresh}_settle"].replace(fresh, table_name)
         record = store.get("k")
         assert record is not None
         assert (record.state, record.result) == ("succeeded", 1)
     finally:
+        store.drop_schema()  # and the settle function
+        made.drop_schema()
         store.dispose()
         made.dispose()
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table_name}"'))
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{fresh}"'))
         engine.dispose()
 
 
@@ -221,7 +236,7 @@ def test_the_upgrade_gives_up_on_a_busy_table_instead_of_holding_up_claims(
             for statement in EARLIER_DDL.format(table=table_name).split(";"):
                 conn.execute(sa.text(statement))
         steps = upgrade.pending(store)
-        assert len(steps) == 3
+        assert len(steps) == 4
         holder.begin()
         holder.execute(sa.text(f'SELECT count(*) FROM "{table_name}"'))  # a reader's lock
         started = time.monotonic()
@@ -244,3 +259,37 @@ def test_the_upgrade_gives_up_on_a_busy_table_instead_of_holding_up_claims(
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table_name}"'))
         engine.dispose()
+
+
+def _settle(store: ClaimStore, key: str, **params: Any) -> list[Any]:
+    """The table's settle function called directly, as the claim statement calls it."""
+    values = {"key": key, "task_name": "t.charge", "task_id": "t1", "owner": "w/1",
+              "payload_digest": "d" * 64, "lease_seconds": 30.0, "ttl_seconds": 3600.0,
+              "retry_failed": True, "check_payload": True, "own_transaction": True, **params}
+    call = ", ".join(f":{name}" for name, _ in sql_settle.SETTLE_ARGUMENTS)
+    with store.engine.begin() as conn:
+        answer = conn.execute(sa.text(
+            f"SELECT {sql_settle.settle_name(store.table)}({call})"), values).scalar_one()
+    return list(json.loads(answer))
+
+
+def test_the_settle_function_counts_takes_over_or_inserts(pg_store: ClaimStore) -> None:
+    # The claim statement calls it only for a key that has a row; called for
+    # one that has none (purged in between), it inserts the row.
+    assert _settle(pg_store, "k") == [True, 1, 1]
+    # A live claim: a duplicate, counted, with the row and the verdicts.
+    won, token, attempt, row, db_now, mismatch, _ = _settle(pg_store, "k")
+    assert (won, token, attempt, row["duplicates"], mismatch) == (False, 1, 1, 1, False)
+    assert records._json_time(db_now).utcoffset() is not None  # type: ignore[union-attr]
+    assert _settle(pg_store, "k", task_id="t2", payload_digest="e" * 64)[5] is True
+    # Given back: taken over, with the next token; no duplicate counted.
+    assert pg_store.release("k", 1, ttl_seconds=60.0)
+    assert _settle(pg_store, "k") == [True, 2, 2]
+    record = pg_store.get("k")
+    assert record is not None
+    assert (record.state, record.token, record.duplicates) == ("running", 2, 2)
+    # The store reads each answer as the claim's outcome.
+    assert isinstance(pg_store.claim("k", task_id="t1", **CLAIM), Lost)
+    assert pg_store.release("k", 2, ttl_seconds=60.0)
+    taken = pg_store.claim("k", task_id="t1", **CLAIM)
+    assert taken == Acquired(token=3, attempt=3)

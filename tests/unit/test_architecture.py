@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "celery_claim"
 ROOMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # The floor: values every room shares; no import of the package.
     "floor": (("errors", "states", "results", "signals"), ()),
-    "sql": (("sql", "sql_claim", "sql_operations", "statements"), ("floor",)),
+    "sql": (("sql", "sql_claim", "sql_settle", "sql_operations", "statements"), ("floor",)),
     # They read two constants of sql: the key length limit and the table name rule.
     "settings": (("settings", "keys"), ("sql", "floor")),
     "connector": (("connectors",), ("sql", "floor")),

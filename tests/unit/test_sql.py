@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from celery_claim import ClaimConfigurationError, errors, sql, statements
+from celery_claim import ClaimConfigurationError, errors, sql, sql_settle, statements
 
 pytestmark = pytest.mark.unit
 
@@ -144,20 +144,47 @@ def test_the_acquire_stays_inside_psycopgs_parse_cache(table: str) -> None:
 def test_the_acquire_and_the_duplicates_verdict_share_one_rule() -> None:
     named = statements.Statements(sql.claims, "postgresql")
     dialect = statements.driver_dialect("psycopg")
-    claim = named.driver("claim", dialect).sql
+    conflict = named.driver("claim_conflict", dialect).sql
     lost_to = named.driver("lost_to", dialect).sql
     # The combined statement's loser part counts the duplicate as lost_to
     # does, with lost_to's mismatch verdict; the row it returns as one JSON
     # column, never takeable (the conflict check has just locked and refused it).
-    assert claim.startswith("WITH won AS \n(INSERT INTO celery_claims")
+    assert conflict.startswith("WITH won AS \n(INSERT INTO celery_claims")
     mismatch = re.search(r"NOT \(\(celery_claims\.expires_at IS NOT NULL.* AS mismatch", lost_to)
     assert mismatch is not None
-    assert mismatch.group(0) in claim
-    assert "CAST(row_to_json(celery_claims.*) AS TEXT) AS record" in claim
+    assert mismatch.group(0) in conflict
+    assert "CAST(row_to_json(celery_claims.*) AS TEXT) AS record" in conflict
     assert " AS takeable" in lost_to
     assert " AS mismatch" in lost_to
     sqlite = statements.Statements(sql.claims, "sqlite")
     assert str(sqlite["claim"].compile(dialect=DIALECTS["sqlite"])).startswith("INSERT INTO")
+
+
+def test_the_settle_function_decides_by_the_acquires_rule() -> None:
+    # lost_to's verdicts, with the function's arguments for the parameters:
+    # the count refuses exactly the rows the takeover takes (IS NOT true /
+    # the rule itself), and returns lost_to's mismatch verdict.
+    dialect = statements.driver_dialect("psycopg")
+    lost_to = statements.Statements(sql.claims, "postgresql").driver("lost_to", dialect).sql
+    as_arguments = re.sub(r"%\((\w+)\)s", r"p_\1", lost_to)
+    takes = re.search(r" AS db_now, (.*?) AS takeable", as_arguments)
+    mismatch = re.search(r"(NOT \(\(celery_claims\.expires_at IS NOT NULL.*) AS mismatch",
+                         as_arguments)
+    assert takes is not None
+    assert mismatch is not None
+    function = sql_settle.settle_function(sql.claims)
+    count, take, insert = re.findall(r"^    ((?:UPDATE|INSERT) .*) INTO answer;$", function, re.M)
+    assert f"AND ({takes.group(1)}) IS NOT true RETURNING" in count
+    assert mismatch.group(1) in count
+    assert take.endswith(f"AND ({takes.group(1)}) RETURNING CAST(json_build_array(true, "
+                         "celery_claims.token, celery_claims.attempt) AS TEXT) "
+                         "AS json_build_array_1")
+    assert "ON CONFLICT (key) DO NOTHING" in insert
+    # Nothing a driver reads as a placeholder.
+    assert "%" not in function
+    claim = statements.Statements(sql.claims, "postgresql").driver("claim", dialect).sql
+    assert "ON CONFLICT (key) DO NOTHING" in claim
+    assert "THEN celery_claims_settle(%(key)s, %(task_name)s" in claim
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -166,12 +193,19 @@ def test_only_a_duplicates_count_may_skip_its_flush(dialect: str) -> None:
     # never to a statement that claims, completes, releases, renews or
     # counts a batch (claim_many), in statements.STATEMENTS with the rest.
     named = statements.Statements(sql.claims, dialect)
-    counts = {"claim", "lost_to", "note_duplicate"} if dialect == "postgresql" else set()
+    counts = {"claim_conflict", "lost_to", "note_duplicate"} if dialect == "postgresql" \
+        else set()
     for name in statements.STATEMENTS:
         text = str(named[name].compile(dialect=DIALECTS[dialect]))
         assert ("set_config" in text) == (name in counts), name
     if dialect == "postgresql":  # in the claim, in the lost branch's RETURNING
-        claim = str(named["claim"].compile(dialect=DIALECTS[dialect]))
+        function = sql_settle.settle_function(sql.claims)
+        count, take, insert = re.findall(r"^    ((?:UPDATE|INSERT) .*) INTO answer;$",
+                                         function, re.M)
+        assert "set_config" in count
+        assert "set_config" not in take + insert
+        assert "SET duplicates=" in count
+        claim = str(named["claim_conflict"].compile(dialect=DIALECTS[dialect]))
         won, lost = claim.split("lost AS", 1)
         assert "set_config" not in won
         assert re.search(r"RETURNING .*CASE WHEN %\(p_own_transaction\)s THEN set_config",
@@ -183,4 +217,5 @@ def test_the_duplicates_statements_are_the_ones_that_take_own_transaction() -> N
     takes = {d: {name for name in statements.STATEMENTS
                  if statements.Statements(table, d).get(name).own_transaction}
              for d in ("postgresql", "sqlite")}
-    assert takes == {"postgresql": {"claim", "lost_to", "note_duplicate"}, "sqlite": set()}
+    assert takes == {"postgresql": {"claim", "claim_conflict", "lost_to", "note_duplicate"},
+                     "sqlite": set()}
