@@ -51,8 +51,10 @@ POOLS: dict[str, tuple[str, int, int]] = {
     "solo-x2": ("solo", 1, 2),
 }
 
-#: Variants whose duplicate workload (every message delivered twice) is measured.
-DUPLICATE_VARIANTS = ("plain_late", "claim", "once", "dedup")
+#: Variants whose duplicate workload (every message delivered twice) can be measured.
+DUPLICATE_VARIANTS = ("plain_late", "claim", "claim_conflict", "once", "dedup")
+#: Those measured unless ``--duplicates`` says otherwise.
+DEFAULT_DUPLICATES = ("plain_late", "claim", "once", "dedup")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,9 @@ VARIANTS: dict[str, str] = {
     "claim_early": "ClaimTask with acks_late=False (like the plain task's default)",
     "claim_key": "ClaimTask with a business key 'order:{n}'",
     "claim_atomic": "ClaimTask inserting one row in self.claim.atomic()",
+    "claim_conflict": "ClaimTask on a table without the settle function: the claim statement "
+                      "of the release before (INSERT .. ON CONFLICT DO UPDATE and the "
+                      "duplicate's branch)",
     "claim_cursor": "ClaimTask with its claim statements on psycopg's cursor instead of "
                     "psycopg.pq (the path before the libpq session)",
     "claim_alone": "ClaimTask with claim_coalesce=False: one statement per call, whatever "
@@ -196,6 +199,15 @@ def make_app(conf: Mapping[str, str]) -> Celery:
 
     @app.task(shared=False, name="bench.claim", base=ClaimTask)
     def claim(n: int) -> int:
+        return body(n)
+
+    if variant == "claim_conflict":  # as if this worker's table had no settle function
+        from celery_claim import upgrade
+
+        upgrade.has_settle_function = lambda conn, table: False  # type: ignore[assignment]
+
+    @app.task(shared=False, name="bench.claim_conflict", base=ClaimTask)
+    def claim_conflict(n: int) -> int:
         return body(n)
 
     if variant == "claim_cursor":  # this worker's claims go through psycopg's cursor
