@@ -41,13 +41,16 @@ their callees' (``--inclusive``: the phases of a statement, such as
 
 Variants: those of ``--suite schema`` (:data:`benchmarks.schema.VARIANTS`),
 those of :mod:`benchmarks.claim_parts` (its floor and claim are the schema
-suite's), and four of its own: ``nothing`` (two statements that do nothing:
+suite's), and six of its own: ``nothing`` (two statements that do nothing:
 what two round trips cost the backend), ``floor_acquire`` and
 ``claim_statement`` (the floor's acquire or the claim statement, and a
 statement that does nothing in place of the completion: the two statements
 told apart), and ``floor_wide`` (the floor's two statements on the claim's
 table, its eighteen columns and the primary key only: the wider row told
-apart from what the claim's statements do with it).
+apart from what the claim's statements do with it), ``takeover`` and
+``takeover_conflict`` (a claim, its release, a second claim that takes it
+over, its completion: with the claim statement, or with ``claim_conflict``'s,
+whose takeover is the insert's ``ON CONFLICT DO UPDATE``).
 
 Needs valgrind and PostgreSQL's server binaries (``/usr/lib/postgresql/*/bin``
 or ``pg_config --bindir``); as root, the server runs as the ``postgres`` user.
@@ -72,6 +75,7 @@ from typing import Any
 from benchmarks import claim_parts, schema
 from benchmarks.schema import Claim, _Floor, _floor, _Statements
 from celery_claim.sql import ddl, make_table
+from celery_claim.statements import Statements, driver_dialect
 
 __all__ = ["VARIANTS", "count", "main", "server"]
 
@@ -119,6 +123,47 @@ def _acquire_only(make: Callable[[Any, str], Claim]) -> Callable[[Any, str], Cla
     return only
 
 
+class _Takeover(_Statements):
+    """A claim given back and taken over: the acquire, the release, the
+    acquire again (a takeover, the next token), the completion."""
+
+    release = ""
+
+    def _token(self, key: str) -> int:
+        cursor = self._acquire(key)
+        row = dict(zip([c.name for c in cursor.description], cursor.fetchone(), strict=True))
+        if row.get("settled") is not None:  # the settle function's answer
+            won, token, *_ = json.loads(row["settled"])
+            assert won, row
+            return int(token)
+        return int(row["token"])
+
+    def __call__(self, key: str) -> None:
+        token = self._token(key)
+        self.conn.execute(self.release, {"key": key, "token": token, "error": None,
+                                         "ttl_seconds": 3600.0}, prepare=True).fetchone()
+        token = self._token(key)
+        assert token == 2, token
+        self.conn.execute(self.complete, {**schema._COMPLETE, "key": key, "token": token},
+                          prepare=True).fetchone()
+
+
+def _takeover(claim: str) -> Callable[[Any, str], Claim]:
+    """:class:`_Takeover` with the claim statement ``claim``."""
+    def make(conn: Any, table: str) -> Claim:
+        t = make_table(table)
+        for create in ddl(t, "postgresql").split(";\n\n"):
+            if create.strip():
+                conn.execute(create)
+        statements = Statements(t, "postgresql")
+        dialect = driver_dialect("psycopg")
+        cycle = _Takeover(conn, statements.driver(claim, dialect).sql,
+                          statements.driver("complete_with_result", dialect).sql)
+        cycle.release = statements.driver("release", dialect).sql
+        return cycle
+    return make
+
+
 #: Each variant: what it is, and how to make its table and claim on a connection.
 VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
     **schema.VARIANTS,
@@ -128,6 +173,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
                       _acquire_only(_floor)),
     "claim_statement": ("the claim statement, and a statement that does nothing",
                         _acquire_only(schema.VARIANTS["claim"][1])),
+    "takeover": ("a claim released and taken over: claim, release, claim again, complete",
+                 _takeover("claim")),
+    "takeover_conflict": ("the same with claim_conflict's claim statement",
+                          _takeover("claim_conflict")),
     **{name: variant for name, variant in claim_parts.VARIANTS.items()
        if name not in schema.VARIANTS},  # the floor and the claim: the same as the schema suite's
 }

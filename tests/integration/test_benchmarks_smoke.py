@@ -235,6 +235,11 @@ def test_the_instruction_counts_repeat_and_leave_nothing_behind(tmp_path: Path) 
                                    ops=20, warmup=20)
         claim = instructions.count(dsn, counts, instructions.VARIANTS["claim"][1],
                                    ops=20, warmup=20, duplicates=True)
+        conflict = instructions.count(dsn, counts, instructions.VARIANTS["claim_conflict"][1],
+                                      ops=20, warmup=20)
+        # Each cycle asserts that its second claim took the row over (token 2).
+        takeover = instructions.count(dsn, counts, instructions.VARIANTS["takeover"][1],
+                                      ops=20, warmup=20)
     assert not root.exists()
     assert not _processes_mentioning(str(root))  # none of the server's processes is left
     assert again["claim"] == pytest.approx(floor["claim"], rel=0.02)
@@ -243,6 +248,10 @@ def test_the_instruction_counts_repeat_and_leave_nothing_behind(tmp_path: Path) 
     # about as many instructions as a first delivery's two statements (it
     # waits for no WAL flush; docs/performance.md).
     assert 0.5 * claim["claim"] < claim["duplicate"] < 2 * claim["claim"]
+    # The settle function keeps the takeover and the duplicate's branch out
+    # of a first delivery's plan; a takeover cycle runs three statements more.
+    assert claim["claim"] < conflict["claim"]
+    assert takeover["claim"] > 2 * claim["claim"]
     by_function = instructions.functions(tmp_path / "floor", ops=20)
     assert sum(by_function.values()) == pytest.approx(floor["claim"], rel=0.02)
 
