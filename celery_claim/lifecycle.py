@@ -174,7 +174,9 @@ class ClaimedRun(Recovery):
                 ttl_seconds=self.ttl_seconds)
             if isinstance(answer, Acquired):
                 return answer, None
-            if answer is None:  # SQLite, or a row newer than the statement's snapshot
+            # SQLite; or claim_conflict (no settle function), and a row
+            # newer than the statement's snapshot.
+            if answer is None:
                 answer = self.store.lost_to(key, task_id=task_id, payload_digest=digest,
                                             retry_failed=retry_failed,
                                             check_payload=s.check_payload)

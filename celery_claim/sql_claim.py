@@ -251,6 +251,17 @@ def _complete_many(t: sa.Table, dialect: str) -> sa.Executable:
     )
 
 
+def _has_settle_function(t: sa.Table, dialect: str) -> sa.Executable:
+    """Whether the table's settle function exists (``found``; always on SQLite)."""
+    if dialect != "postgresql":  # one row, whatever the table holds
+        return sa.select(sa.true().label("found")).select_from(
+            sa.select(sa.func.count()).select_from(t).subquery())
+    types = ", ".join(type_ for _, type_ in sql_settle.SETTLE_ARGUMENTS)
+    signature = f"{sql_settle.settle_name(t)}({types})".replace("'", "''")
+    return sa.select(sa.func.to_regprocedure(sa.literal_column(f"'{signature}'"))
+                     .is_not(None).label("found"))
+
+
 #: The claim's statements by name: (description, builder).
 STATEMENTS: dict[str, tuple[str, Builder]] = {
     "renew": ("fenced heartbeat: extend the leases of many running claims at once", _renew),
@@ -261,6 +272,9 @@ STATEMENTS: dict[str, tuple[str, Builder]] = {
     "claim_conflict": ("acquire, or count the duplicate and read the row it lost to with the "
                        "acquire's verdict on it, in one statement without the settle function "
                        "(PostgreSQL; SQLite: the acquire)", _claim_conflict),
+    "has_settle_function": ("whether the table's settle function exists (PostgreSQL; "
+                            "a table made before it, or by a tool that made the table only, "
+                            "has none until the upgrade)", _has_settle_function),
     "lost_to": ("count a duplicate delivery and read the row it lost to, with the "
                 "acquire's verdict on it (may it take the row; other arguments)", _lost_to),
     "note_duplicate": ("count a duplicate delivery and read the row it lost to",

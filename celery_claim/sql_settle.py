@@ -21,9 +21,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.sql.elements import quoted_name
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
-from celery_claim import sql, sql_claim
+from celery_claim import errors, sql, sql_claim
 from celery_claim.sql import RESULT_COLUMNS, RUNNING, _p, db_now, db_now_plus
 
 __all__ = ["SETTLE_ARGUMENTS", "create", "drop", "drop_settle_function", "settle_call",
@@ -39,19 +41,46 @@ SETTLE_ARGUMENTS = (("key", "text"), ("task_name", "text"), ("task_id", "text"),
 SETTLE_ROUNDS = 100
 
 
+#: PostgreSQL's longest identifier, in bytes (longer ones are cut short).
+MAX_IDENTIFIER = 63
+
+
 def settle_name(t: sa.Table) -> str:
     """The settle function's name (PostgreSQL), schema-qualified and quoted as
     the table's name is: ``<table>_settle`` beside the table."""
+    name = f"{t.name}_settle"
+    if len(name.encode()) > MAX_IDENTIFIER:
+        # PostgreSQL would cut it short: two tables could share one function.
+        raise errors.ClaimConfigurationError(
+            f"the claims table's name is too long for its settle function {name!r}: "
+            f"use a table name of at most {MAX_IDENTIFIER - len('_settle')} characters",
+            claim_table=t.name)
     preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
     schema = f"{preparer.quote_schema(t.schema)}." if t.schema else ""
-    return schema + preparer.quote(f"{t.name}_settle")
+    return schema + preparer.quote(name)
+
+
+class _SettleCall(FunctionElement[Any]):
+    """A call of a table's settle function, its name as :func:`settle_name`
+    writes it (SQLAlchemy would not quote a schema named like a keyword or
+    with capitals)."""
+
+    type = sa.Text()
+    inherit_cache = False  # the name is not part of SQLAlchemy's cache key
+
+    def __init__(self, name: str, *arguments: Any) -> None:
+        self.settle = name
+        super().__init__(*arguments)
+
+
+@compiles(_SettleCall, "postgresql")
+def _pg_settle_call(element: _SettleCall, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"{element.settle}({compiler.process(element.clause_expr, **kw)[1:-1]})"
 
 
 def settle_call(t: sa.Table) -> Any:
-    schema = (quoted_name(t.schema, None),) if t.schema else ()
-    name = quoted_name(f"{t.name}_settle", None)
-    return sa.Function(name, *(_p(arg) for arg, _ in SETTLE_ARGUMENTS),
-                       packagenames=schema, type_=sa.Text)
+    """``<table>_settle(<the claim's parameters>)``."""
+    return _SettleCall(settle_name(t), *(_p(arg) for arg, _ in SETTLE_ARGUMENTS))
 
 
 def _answer(won: bool, t: sa.Table, *rest: Any) -> Any:

@@ -177,12 +177,17 @@ def _upgrade_table(conn: sa.Connection, table: sa.Table) -> None:
     """
     preparer = conn.dialect.identifier_preparer
     name = preparer.format_table(table)
+    steps = set(_recommended(conn, table, _columns(conn, table) or {}))
+    # Only the steps still to do: an ALTER locks the table even when it
+    # changes nothing, and creating the function needs no lock on it.
     conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-    check = preparer.quote(_STATE_CHECK.format(table=table.name))
-    conn.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT IF EXISTS {check}"))
-    index = preparer.quote(_LEASE_INDEX.format(table=table.name))
-    schema = f"{preparer.quote_schema(table.schema)}." if table.schema else ""
-    conn.execute(sa.text(f"DROP INDEX IF EXISTS {schema}{index}"))
+    if "drop the check constraint on state" in steps:
+        check = preparer.quote(_STATE_CHECK.format(table=table.name))
+        conn.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT IF EXISTS {check}"))
+    if "drop the index on running leases" in steps:
+        index = preparer.quote(_LEASE_INDEX.format(table=table.name))
+        schema = f"{preparer.quote_schema(table.schema)}." if table.schema else ""
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS {schema}{index}"))
     columns = _columns(conn, table) or {}
     narrow = [column for column, type_ in columns.items()
               if isinstance(type_, sa.String) and not isinstance(type_, sa.Text)
@@ -203,7 +208,19 @@ def check_current(store: ClaimStore) -> None:
     from celery_claim.connectors.sqlalchemy import SQLAlchemyConnector
 
     if not isinstance(store.connector, SQLAlchemyConnector):
-        return  # another connector checks its table itself (Django: its migrations)
+        # Another connector checks its table itself (Django: its migrations);
+        # all but the settle function, which a table lacks until then.
+        if store.connector.dialect == "postgresql":
+            found = store._run("inspect", "has_settle_function", {}).first()
+            if found is None or not found.found:
+                logger.warning(
+                    "the claims table %r has no settle function: each claim costs the "
+                    "database more until it has (Django: `manage.py migrate celery_claim`; "
+                    "otherwise `celery-claim schema --upgrade`)", store.table_name)
+                store.use_claim_statement("claim_conflict")
+        with _checked_lock:
+            _checked.add(store)
+        return
     with store.connector.translate("inspect schema"), store.engine.connect() as conn:
         required, recommended = _pending(conn, store.table)
     if required:

@@ -176,3 +176,29 @@ def test_errors_are_refused_or_unavailable(store: ClaimStore, table_name: str) -
         _acquire(gone, "k")
     assert caught.value.transient
     assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+
+
+def test_a_table_without_its_settle_function_claims_with_the_previous_statement(
+        store: ClaimStore, caplog: pytest.LogCaptureFixture) -> None:
+    # Another connector's table (Django's before its migration 0002): the
+    # startup check finds no settle function, says so, and the claims run
+    # the statement that needs none, instead of failing.
+    from celery_claim import sql_settle, upgrade
+    from celery_claim.store import Acquired, Lost
+
+    def claim(key: str, task_id: str = "t1") -> Any:
+        return store.claim(key, task_name="t", task_id=task_id, owner="w",
+                           payload_digest="d", lease_seconds=30)
+
+    store.connector._connection().execute(  # type: ignore[attr-defined]
+        sql_settle.drop_settle_function(store.table))
+    with pytest.raises(ClaimStoreRefused, match="does not exist"):
+        claim("before")  # the control: the claim statement needs it
+    with caplog.at_level("WARNING", logger="celery_claim"):
+        upgrade.check_current(store)
+    assert "has no settle function" in caplog.text
+    assert store.claim_statement == "claim_conflict"
+    assert claim("k") == Acquired(token=1, attempt=1)
+    lost = claim("k", task_id="t2")
+    assert isinstance(lost, Lost)
+    assert (lost.record.token, lost.record.duplicates, lost.mismatch) == (1, 1, False)

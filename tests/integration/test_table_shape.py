@@ -293,3 +293,52 @@ def test_the_settle_function_counts_takes_over_or_inserts(pg_store: ClaimStore) 
     assert pg_store.release("k", 2, ttl_seconds=60.0)
     taken = pg_store.claim("k", task_id="t1", **CLAIM)
     assert taken == Acquired(token=3, attempt=3)
+
+
+def test_a_schema_named_with_capitals_gets_its_settle_function_called(
+        database_url: str) -> None:
+    # The function's name is written as the table's is, quoted where
+    # PostgreSQL needs it: a schema with capitals stays that schema.
+    schema = f"Claims{uuid.uuid4().hex[:8]}"
+    store = ClaimStore(database_url, table=f"{schema}.Tasks")
+    try:
+        store.create_schema()
+        assert upgrade.pending(store) == []
+        won = store.claim("k", task_id="t1", **CLAIM)
+        assert won == Acquired(token=1, attempt=1)
+        assert store.release("k", won.token, ttl_seconds=60.0)
+        assert store.claim("k", task_id="t1", **CLAIM) == Acquired(token=2, attempt=2)
+        assert isinstance(store.claim("k", task_id="t1", **CLAIM), Lost)
+    finally:
+        store.drop_schema()
+        with store.engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        store.dispose()
+
+
+def test_an_upgrade_that_only_creates_the_function_takes_no_lock_on_the_table(
+        pg_store: ClaimStore, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reader holds the table: an ALTER would wait for it (and time out);
+    # creating the function does not.
+    monkeypatch.setattr(upgrade, "LOCK_TIMEOUT", "300ms")
+    pg_store.create_schema()
+    with pg_store.engine.begin() as conn:
+        conn.exec_driver_sql(sql_settle.drop_settle_function(pg_store.table))
+    assert upgrade.pending(pg_store) == ["create the claim's settle function"]
+    engine = sa.create_engine(database_url)
+    holder = engine.connect()
+    try:
+        holder.begin()
+        holder.execute(sa.text(f'SELECT count(*) FROM "{pg_store.table_name}"'))
+        assert upgrade.upgrade(pg_store) == ["create the claim's settle function"]
+        assert upgrade.pending(pg_store) == []
+        # The control: an ALTER of the same table waits for the reader.
+        with engine.connect() as conn:
+            conn.execute(sa.text("SET lock_timeout = '300ms'"))
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                conn.execute(sa.text(
+                    f'ALTER TABLE "{pg_store.table_name}" DROP CONSTRAINT IF EXISTS nothing'))
+    finally:
+        holder.rollback()
+        holder.close()
+        engine.dispose()

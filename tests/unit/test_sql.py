@@ -219,3 +219,12 @@ def test_the_duplicates_statements_are_the_ones_that_take_own_transaction() -> N
              for d in ("postgresql", "sqlite")}
     assert takes == {"postgresql": {"claim", "claim_conflict", "lost_to", "note_duplicate"},
                      "sqlite": set()}
+
+
+def test_a_table_name_too_long_for_its_settle_function_is_refused() -> None:
+    # PostgreSQL would cut "<table>_settle" short: two tables could share it.
+    assert sql_settle.settle_name(sql.make_table("a" * 56)).endswith('a_settle')
+    with pytest.raises(ClaimConfigurationError, match="at most 56 characters"):
+        sql_settle.settle_name(sql.make_table("a" * 57))
+    with pytest.raises(ClaimConfigurationError, match="at most 56 characters"):
+        statements.Statements(sql.make_table("b" * 57), "postgresql").get("claim")
