@@ -60,9 +60,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks.schema import Claim, _floor, _Statements, costs
+from benchmarks.schema import Claim, _floor, _Statements, costs, create_claims_table
 from celery_claim import sql, sql_claim
-from celery_claim.sql import ddl, make_table
+from celery_claim.sql import make_table
 from celery_claim.statements import STATEMENTS, DriverStatement, Statements, driver_dialect
 
 __all__ = ["VARIANTS", "main"]
@@ -172,9 +172,7 @@ def _variant(claim: Callable[[sa.Table], Any]) -> Callable[[Any, str], Claim]:
     """A variant whose claim statement is ``claim(table)``: SQLAlchemy's, or SQL text."""
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
-        for create in ddl(t, "postgresql").split(";\n\n"):
-            if create.strip():
-                conn.execute(create)
+        create_claims_table(conn, t)
         dialect = driver_dialect("psycopg")
         built = claim(t)
         text = built if isinstance(built, str) else \
@@ -204,9 +202,7 @@ def function(conn: Any, table: str) -> Claim:
     and row only when the acquire did not win. The function is the
     connection's own (``pg_temp``): it goes when the connection closes."""
     t = make_table(table)
-    for create in ddl(t, "postgresql").split(";\n\n"):
-        if create.strip():
-            conn.execute(create)
+    create_claims_table(conn, t)
     acquire = _in_function(sql._insert(t, "postgresql").returning(t.c.token, t.c.attempt),
                            ("token", "attempt"))
     lost = _in_function(

@@ -73,8 +73,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import claim_parts, schema
-from benchmarks.schema import Claim, _Floor, _floor, _Statements
-from celery_claim.sql import ddl, make_table
+from benchmarks.schema import Claim, _Floor, _floor, _Statements, create_claims_table
+from celery_claim.records import Acquired, Lost
+from celery_claim.sql import make_table
 from celery_claim.statements import Statements, driver_dialect
 
 __all__ = ["VARIANTS", "count", "main", "server"]
@@ -87,9 +88,7 @@ class _FloorWide(_Floor):
 
     def __init__(self, conn: Any, table: str) -> None:  # not the floor's table
         t = make_table(table)
-        for create in ddl(t, "postgresql").split(";\n\n"):
-            if create.strip():
-                conn.execute(create)
+        create_claims_table(conn, t)
         conn.execute(f"DROP INDEX {table}_expires_idx")
         self.conn, self.pause = conn, 0.0
         self.acquire = (
@@ -133,9 +132,9 @@ class _Takeover(_Statements):
         cursor = self._acquire(key)
         row = dict(zip([c.name for c in cursor.description], cursor.fetchone(), strict=True))
         if row.get("settled") is not None:  # the settle function's answer
-            won, token, *_ = json.loads(row["settled"])
-            assert won, row
-            return int(token)
+            taken = Lost.settled(row["settled"])
+            assert isinstance(taken, Acquired), taken
+            return taken.token
         return int(row["token"])
 
     def __call__(self, key: str) -> None:
@@ -152,9 +151,7 @@ def _takeover(claim: str) -> Callable[[Any, str], Claim]:
     """:class:`_Takeover` with the claim statement ``claim``."""
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
-        for create in ddl(t, "postgresql").split(";\n\n"):
-            if create.strip():
-                conn.execute(create)
+        create_claims_table(conn, t)
         statements = Statements(t, "postgresql")
         dialect = driver_dialect("psycopg")
         cycle = _Takeover(conn, statements.driver(claim, dialect).sql,

@@ -198,15 +198,20 @@ def _reordered(t: sa.Table) -> sa.Table:
     return copy
 
 
+def create_claims_table(conn: Any, t: sa.Table) -> None:
+    """Run ``t``'s PostgreSQL DDL on ``conn``: the table, its index, its settle function."""
+    for create in ddl(t, "postgresql").split(";\n\n"):
+        if create.strip():
+            conn.execute(create)
+
+
 def _claims(*, stale_index: bool = False, acquire: str = "claim",
             complete: str = "complete_with_result",
             expiry_index: bool = True, single: bool = False,
             verdict: bool = True, completion_last: bool = False) -> Callable[[Any, str], Claim]:
     def make(conn: Any, table: str) -> Claim:
         t = make_table(table)
-        for create in ddl(_reordered(t) if completion_last else t, "postgresql").split(";\n\n"):
-            if create.strip():
-                conn.execute(create)
+        create_claims_table(conn, _reordered(t) if completion_last else t)
         if not expiry_index:
             conn.execute(f"DROP INDEX {table}_expires_idx")
         if stale_index:

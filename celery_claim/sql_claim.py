@@ -67,13 +67,18 @@ def _lost_to(t: sa.Table, dialect: str) -> Any:
     return _note_duplicate(t, dialect, takes.label("takeable"), mismatch.label("mismatch"))
 
 
-def _row_json(t: sa.Table) -> Any:
-    """The whole row ``t`` as JSON text (PostgreSQL): one column, where its
-    columns one by one would widen every branch of the statement."""
+def _row(t: sa.Table) -> Any:
+    """The whole row ``t`` as JSON (PostgreSQL): one value, where its columns
+    one by one would widen every branch of the statement."""
     name = postgresql.dialect().identifier_preparer.quote(t.name)  # type: ignore[no-untyped-call]
     # "t".* rather than "t": a table named like one of its columns would
     # otherwise give the column.
-    return sa.cast(sa.func.row_to_json(sa.literal_column(f"{name}.*")), sa.Text)
+    return sa.func.row_to_json(sa.literal_column(f"{name}.*"))
+
+
+def _row_json(t: sa.Table) -> Any:
+    """:func:`_row` as JSON text."""
+    return sa.cast(_row(t), sa.Text)
 
 
 def _lost_columns(t: sa.Table, *, verdict: bool = True) -> list[Any]:

@@ -100,7 +100,7 @@ def _settle_statements(t: sa.Table) -> tuple[Any, Any, Any]:
     # WHERE does; of the two UPDATEs exactly one matches any version of the row.
     count = sa.update(t).where(t.c.key == _p("key"), takes.is_not(sa.true())) \
         .values(duplicates=t.c.duplicates + 1) \
-        .returning(_answer(False, t, sa.func.row_to_json(sa.literal_column(_star(t))),
+        .returning(_answer(False, t, sql_claim._row(t),
                            now, mismatch, sql_claim._quick_commit()))
     take = sa.update(t).where(t.c.key == _p("key"), takes).values(
         state=RUNNING, token=t.c.token + 1, task_name=_p("task_name"), task_id=task_id,
@@ -113,11 +113,6 @@ def _settle_statements(t: sa.Table) -> tuple[Any, Any, Any]:
     insert = sql._new_claim(t, "postgresql").on_conflict_do_nothing(index_elements=[t.c.key]) \
         .returning(_answer(True, t))
     return count, take, insert
-
-
-def _star(t: sa.Table) -> str:
-    name = postgresql.dialect().identifier_preparer.quote(t.name)  # type: ignore[no-untyped-call]
-    return f"{name}.*"
 
 
 def settle_function(t: sa.Table) -> str:

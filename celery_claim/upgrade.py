@@ -46,7 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from celery_claim import errors, results, sql_settle
+from celery_claim import errors, results, sql_claim, sql_settle
 from celery_claim.store import ClaimStore
 
 __all__ = ["check_current", "pending", "upgrade"]
@@ -104,11 +104,10 @@ def _recommended(conn: sa.Connection, table: sa.Table,
 
 
 def has_settle_function(conn: sa.Connection, table: sa.Table) -> bool:
-    """Whether ``table`` has its settle function (PostgreSQL)."""
-    types = ", ".join(type_ for _, type_ in sql_settle.SETTLE_ARGUMENTS)
-    found = conn.execute(sa.text("SELECT to_regprocedure(:signature) IS NOT NULL"),
-                         {"signature": f"{sql_settle.settle_name(table)}({types})"}).scalar()
-    return bool(found)
+    """Whether ``table`` has its settle function (PostgreSQL): the store's
+    statement ``has_settle_function``, on ``conn``."""
+    return bool(conn.execute(sql_claim.STATEMENTS["has_settle_function"][1](
+        table, conn.dialect.name)).scalar())
 
 
 def _pending(conn: sa.Connection, table: sa.Table) -> tuple[list[str], list[str]]:
