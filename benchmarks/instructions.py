@@ -13,8 +13,8 @@ keys, acquire then complete): twice, each time on a new connection and
 table, once ``warm-up + ops`` claims and once ``warm-up + 3 * ops``. The
 difference between the two backends' counts, over ``2 * ops``, is the
 backend's instructions per claim, without the connection's start and end.
-For the claim statements it also counts a duplicate of a finished claim: the
-same keys delivered again right after each claim.
+For the floor and the claim statements it also counts a duplicate of a
+finished claim: the same keys delivered again right after each claim.
 
 What it counts and what it does not: the instructions PostgreSQL's backend
 runs in user space (parsing the messages, setting up and running each
@@ -37,7 +37,10 @@ and ``--warmup``: compare variants counted with the same ones.
 instructions per claim (the difference between the two files over
 ``2 * ops``) differ most between the two: their own instructions, or with
 their callees' (``--inclusive``: the phases of a statement, such as
-``standard_ExecutorStart``).
+``standard_ExecutorStart``), and the same per duplicate of a finished claim
+(a variant that answers duplicates keeps two files more, ``VARIANT.few_dup``
+and ``VARIANT.many_dup``; the floor's duplicate is its acquire, which
+returns no row).
 
 Variants: those of ``--suite schema`` (:data:`benchmarks.schema.VARIANTS`),
 those of :mod:`benchmarks.claim_parts` (its floor and claim are the schema
@@ -180,7 +183,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
 
 #: The variants whose claim statement also answers a duplicate.
 DUPLICATES = tuple(dict.fromkeys(
-    (*schema.DUPLICATES, *claim_parts.DUPLICATES)))
+    ("floor", *schema.DUPLICATES, *claim_parts.DUPLICATES)))
 
 #: What runs when ``--variants`` is not given: the floor, the claim, and the
 #: steps between them.
@@ -326,17 +329,21 @@ def count(dsn: str, counts: Path, make: Callable[[Any, str], Claim], ops: int = 
                     keep and keep.with_name(keep.name + ".many"))
     row = {"claim": (many - few) / (2 * ops)}
     if duplicates:
-        few_d = _backend(dsn, counts, make, warmup + ops, True)
-        many_d = _backend(dsn, counts, make, warmup + 3 * ops, True)
+        few_d = _backend(dsn, counts, make, warmup + ops, True,
+                         keep and keep.with_name(keep.name + ".few_dup"))
+        many_d = _backend(dsn, counts, make, warmup + 3 * ops, True,
+                          keep and keep.with_name(keep.name + ".many_dup"))
         row["duplicate"] = (many_d - few_d) / (2 * ops) - row["claim"]
     return row
 
 
-def functions(keep: Path, ops: int, inclusive: bool = False) -> dict[str, float]:
+def functions(keep: Path, ops: int, inclusive: bool = False,
+              duplicate: bool = False) -> dict[str, float]:
     """Instructions per claim in each function: its own, or with its callees'
     (``inclusive``), from the two callgrind files :func:`count` kept at
     ``keep``, the difference between them over ``2 * ops`` claims
-    (``callgrind_annotate``, which comes with valgrind)."""
+    (``callgrind_annotate``, which comes with valgrind); or per duplicate
+    (``duplicate``, from the four files of a variant that answers one)."""
     def annotate(path: Path) -> dict[str, int]:
         out = subprocess.run(["callgrind_annotate", "--threshold=100", "--auto=no",
                               f"--inclusive={'yes' if inclusive else 'no'}", str(path)],
@@ -349,18 +356,26 @@ def functions(keep: Path, ops: int, inclusive: bool = False) -> dict[str, float]
                 found[name] = found.get(name, 0) + int(match.group(1).replace(",", ""))
         return found
 
-    few = annotate(keep.with_name(keep.name + ".few"))
-    many = annotate(keep.with_name(keep.name + ".many"))
-    return {name: (many.get(name, 0) - few.get(name, 0)) / (2 * ops)
-            for name in set(few) | set(many)}
+    def per_claim(suffix: str) -> dict[str, float]:
+        few = annotate(keep.with_name(f"{keep.name}.few{suffix}"))
+        many = annotate(keep.with_name(f"{keep.name}.many{suffix}"))
+        return {name: (many.get(name, 0) - few.get(name, 0)) / (2 * ops)
+                for name in set(few) | set(many)}
+
+    claims = per_claim("")
+    if not duplicate:
+        return claims
+    # Each claim followed by its duplicate, less the claims alone.
+    both = per_claim("_dup")
+    return {name: both.get(name, 0) - claims.get(name, 0) for name in set(both) | set(claims)}
 
 
 def difference(keep: Path, a: str, b: str, ops: int, top: int = 20,
-               inclusive: bool = False) -> str:
-    """The functions whose instructions per claim differ most between
-    variants ``a`` and ``b`` (kept in the directory ``keep``): their own, or
-    with their callees' (``inclusive``)."""
-    first, second = functions(keep / a, ops, inclusive), functions(keep / b, ops, inclusive)
+               inclusive: bool = False, duplicate: bool = False) -> str:
+    """The functions whose instructions per claim (or per duplicate) differ
+    most between variants ``a`` and ``b`` (kept in the directory ``keep``):
+    their own, or with their callees' (``inclusive``)."""
+    first, second = (functions(keep / name, ops, inclusive, duplicate) for name in (a, b))
     by = sorted(set(first) | set(second),
                 key=lambda name: -abs(second.get(name, 0) - first.get(name, 0)))
     lines = [f"| function | {a} | {b} | difference |", "|---|---|---|---|"]
@@ -395,8 +410,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--json", help="also write the counts here")
     parser.add_argument("--keep", type=Path, default=None,
-                        help="a directory to keep each variant's two callgrind files in "
-                             "(VARIANT.few and VARIANT.many), for callgrind_annotate")
+                        help="a directory to keep each variant's callgrind files in "
+                             "(VARIANT.few and VARIANT.many; with duplicates, VARIANT.few_dup "
+                             "and VARIANT.many_dup too), for callgrind_annotate")
     parser.add_argument("--inclusive", action="store_true",
                         help="with --keep: the functions' counts with their callees'")
     args = parser.parse_args(argv)
@@ -420,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
               + ("with their callees'" if args.inclusive else "their own")
               + "), the floor against the claim:")
         print(difference(args.keep, "floor", "claim", args.ops, inclusive=args.inclusive))
+        print("\nInstructions per duplicate of a finished claim by function, the same way:")
+        print(difference(args.keep, "floor", "claim", args.ops, inclusive=args.inclusive,
+                         duplicate=True))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

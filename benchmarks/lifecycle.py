@@ -57,7 +57,13 @@ LIVE_VARIANTS = {
     "floor": "plain task, acks_late, whose body runs the floor's two statements",
     "claim": VARIANTS["claim"],
     "claim_key": VARIANTS["claim_key"],
+    "floor_dup": "the floor's task, delivered again after it finished",
+    "claim_dup": "ClaimTask, default key, delivered again after it finished",
 }
+#: A duplicate variant: the variant whose finished tasks it delivers again.
+DUPLICATE_OF = {"floor_dup": "floor", "claim_dup": "claim"}
+#: How many finished tasks a duplicate variant delivers again, in turn.
+DUPLICATED = 50
 PARTS = ("report", "pin", "encode", "store", "heartbeat")
 
 
@@ -148,7 +154,9 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
         app.finalize()
         store = app.tasks["claim"].claim_store
         store.one_task_at_a_time()  # as a prefork or solo worker does
-        tracers = {name: build_tracer(name, app.tasks[name], hostname="bench@host", app=app)
+        tracers = {name: build_tracer(DUPLICATE_OF.get(name, name),
+                                      app.tasks[DUPLICATE_OF.get(name, name)],
+                                      hostname="bench@host", app=app)
                    for name in variants}
 
         if not live:
@@ -194,7 +202,18 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
 
     def one(name: str) -> Callable[[str, int], Any]:
         trace = tracers[name]
-        return lambda task_id, n: trace(task_id, (n,), {}, request(task_id, name, n))
+        task = DUPLICATE_OF.get(name, name)
+        if name not in DUPLICATE_OF:
+            return lambda task_id, n: trace(task_id, (n,), {}, request(task_id, task, n))
+        # Finish a few tasks once; each call then delivers one of them again.
+        done = [str(uuid.uuid4()) for _ in range(DUPLICATED)]
+        for i, task_id in enumerate(done):
+            trace(task_id, (i,), {}, request(task_id, task, i))
+
+        def again(_task_id: str, n: int) -> Any:
+            i = n % DUPLICATED
+            return trace(done[i], (i,), {}, request(done[i], task, i))
+        return again
 
     return {name: one(name) for name in variants}, close
 

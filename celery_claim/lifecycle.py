@@ -73,7 +73,7 @@ from celery_claim.recovery import (
 from celery_claim.settings import ClaimSettings
 from celery_claim.signals import claim_store_error
 from celery_claim.states import OnFailure, Outcome, State
-from celery_claim.store import Acquired, ClaimRecord, ClaimStore, Lost
+from celery_claim.store import Acquired, ClaimStore, Lost
 
 __all__ = ["COMPLETE_ATTEMPTS", "ClaimedRun", "run_unclaimed"]
 
@@ -189,25 +189,29 @@ class ClaimedRun(Recovery):
         return None, lost
 
     def _answer_duplicate(self, key: str, lost: Lost | None) -> Any:
+        # The row's state, holder and stored result answer a finished claim's
+        # duplicate; the whole record is built only for what asks for it
+        # (a running claim's lease, a signal's receivers).
         s = self.settings
-        record = lost.record if lost is not None else None
-        if lost is not None and record is not None and lost.mismatch:
-            self._duplicate(key, record, Outcome.MISMATCH)
+        if lost is not None and lost.mismatch:
+            self._duplicate(key, lost, Outcome.MISMATCH)
             raise errors.ClaimPayloadMismatch(
                 key=key, task=self.task.name, task_id=self.request.id,
-                holder_task_id=record.task_id)
-        if record is not None and record.state == State.SUCCEEDED:
-            self._duplicate(key, record, Outcome.SUCCEEDED)
-            return self._stored_result(key, record)
-        if record is not None and record.state == State.FAILED:
-            self._duplicate(key, record, Outcome.FAILED)
+                holder_task_id=lost.task_id)
+        state = lost.state if lost is not None else None
+        if lost is not None and state == State.SUCCEEDED:
+            self._duplicate(key, lost, Outcome.SUCCEEDED)
+            return self._stored_result(key, lost)
+        if state == State.FAILED:
+            self._duplicate(key, lost, Outcome.FAILED)
             raise Ignore()
         # Running (or changing under us three times in a row).
+        record = lost.record if lost is not None else None
         if s.on_running == "skip":
-            self._duplicate(key, record, Outcome.RUNNING_SKIPPED)
+            self._duplicate(key, lost, Outcome.RUNNING_SKIPPED)
             raise Ignore()
         if s.on_running == "raise" or self.request.is_eager:
-            self._duplicate(key, record, Outcome.RUNNING_RAISED)
+            self._duplicate(key, lost, Outcome.RUNNING_RAISED)
             raise errors.ClaimInProgress(
                 key=key, state=record.state if record is not None else "unknown",
                 holder_task_id=record.task_id if record else None,
@@ -220,18 +224,17 @@ class ClaimedRun(Recovery):
             logger.error("could not re-publish deferred duplicate %s (%s); requeueing it",
                          self.request.id, exc)
             raise Reject(exc, requeue=True) from exc
-        self._duplicate(key, record, Outcome.RUNNING_DEFERRED, countdown=round(delay, 3))
+        self._duplicate(key, lost, Outcome.RUNNING_DEFERRED, countdown=round(delay, 3))
         # Ignore: acked, and nothing written to the result backend, where the
         # holder (often under the same task id) keeps its state.
         raise Ignore()
 
-    def _duplicate(self, key: str, record: ClaimRecord | None, outcome: Outcome,
-                   **extra: Any) -> None:
-        reporting.duplicate(self.task, key, self.request.id, record, outcome, **extra)
+    def _duplicate(self, key: str, lost: Lost | None, outcome: Outcome, **extra: Any) -> None:
+        reporting.duplicate(self.task, key, self.request.id, lost, outcome, **extra)
 
-    def _stored_result(self, key: str, record: ClaimRecord) -> Any:
+    def _stored_result(self, key: str, lost: Lost) -> Any:
         """What the first delivery returned, decoded as the result backend decodes it."""
-        stored = record.stored_result
+        stored = lost.stored_result
         if stored is not None:
             try:
                 return stored.decode(self.runtime.result_accept)
@@ -241,14 +244,14 @@ class ClaimedRun(Recovery):
             reason = "the result's serializer could not encode it, so it was not stored"
         else:
             reason = "results are not stored (claim_store_result=False)"
-        if record.task_id == (self.request.id or ""):
+        if lost.task_id == (self.request.id or ""):
             # The holder's own task id: its result is already in the result
             # backend, and a failure stored now would overwrite it.
             raise Ignore()
         raise errors.ClaimResultUnavailable(
             f"the claim succeeded, but its result cannot be returned to this duplicate: "
             f"{reason}; the first delivery's result is under its task id", key=key,
-            holder_task_id=record.task_id)
+            holder_task_id=lost.task_id)
 
     # --- run the body, then record what happened ----------------------------------
 

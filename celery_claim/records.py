@@ -169,17 +169,90 @@ class Acquired:
     attempt: int
 
 
-@dataclasses.dataclass(frozen=True)
 class Lost:
     """A delivery that did not win the claim: the row it lost to, and the
     acquire's own verdict on it (:func:`celery_claim.sql._takes`), read in the
-    same statement that counted the duplicate."""
+    same statement that counted the duplicate.
 
-    record: ClaimRecord
+    From the claim statement's JSON, :attr:`record` is built when first read:
+    a duplicate of a finished claim needs only the row's state, holder and
+    stored result (:attr:`state`, :attr:`task_id`, :attr:`token`,
+    :attr:`stored_result`), and building the whole record costs a worker
+    more than the rest of the duplicate's answer (docs/performance.md).
+    """
+
+    __slots__ = ("_db_now", "_record", "_row", "mismatch", "takeable")
+
     #: The row may be taken now (it changed since the acquire): try again.
     takeable: bool
     #: The row holds another job under this key (other arguments, another task id).
     mismatch: bool
+
+    def __init__(self, record: ClaimRecord, takeable: bool, mismatch: bool) -> None:
+        self._record: ClaimRecord | None = record
+        self._row: dict[str, Any] = {}
+        self._db_now: str | datetime.datetime | None = None
+        self.takeable = takeable
+        self.mismatch = mismatch
+
+    @classmethod
+    def _from_json(cls, row: dict[str, Any], db_now: str | datetime.datetime | None,
+                   mismatch: bool) -> Lost:
+        """The row as ``row_to_json`` wrote it (parsed), never takeable: the
+        statement that counted the duplicate refused that very version."""
+        lost = cls.__new__(cls)
+        lost._record = None
+        lost._row = row
+        lost._db_now = db_now
+        lost.takeable = False
+        lost.mismatch = mismatch
+        return lost
+
+    @property
+    def record(self) -> ClaimRecord:
+        """The row it lost to, read at the database's clock."""
+        if self._record is None:
+            db_now = self._db_now
+            self._record = ClaimRecord.from_json(
+                self._row, _json_time(db_now) if isinstance(db_now, str) else db_now)  # type: ignore[arg-type]
+        return self._record
+
+    @property
+    def state(self) -> str:
+        return self._record.state if self._record is not None else self._row["state"]
+
+    @property
+    def task_id(self) -> str:
+        """The task id of the delivery that holds (or held) the row."""
+        return self._record.task_id if self._record is not None else self._row["task_id"]
+
+    @property
+    def token(self) -> int:
+        return self._record.token if self._record is not None else self._row["token"]
+
+    @property
+    def stored_result(self) -> results.Encoded | None:
+        """The holder's stored result as its serializer encoded it, or ``None``."""
+        if self._record is not None:
+            return self._record.stored_result
+        row = self._row
+        payload = row.get("result")
+        if payload is None:
+            return None
+        return results.Encoded(_json_bytea(payload), row.get("result_content_type") or results.JSON,
+                               row.get("result_content_encoding") or "utf-8")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Lost):
+            return NotImplemented
+        return (self.record, self.takeable, self.mismatch) == (
+            other.record, other.takeable, other.mismatch)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"Lost(record={self.record!r}, takeable={self.takeable!r}, "
+                f"mismatch={self.mismatch!r})")
 
     @staticmethod
     def settled(answer: str) -> Acquired | Lost:
@@ -191,15 +264,14 @@ class Lost:
         if won:
             return Acquired(token=token, attempt=attempt)
         row, db_now, mismatch = lost[:3]
-        return Lost(ClaimRecord.from_json(row, _json_time(db_now)),  # type: ignore[arg-type]
-                    False, bool(mismatch))
+        return Lost._from_json(row, db_now, bool(mismatch))
 
     @classmethod
     def from_row(cls, row: Any) -> Lost:
         record = getattr(row, "record", None)
         if record is not None:  # the claim statement's lost branch: never takeable
-            return cls(ClaimRecord.from_json(record, _aware(row.db_now)), False,  # type: ignore[arg-type]
-                       bool(row.mismatch))
+            return cls._from_json(json.loads(record) if isinstance(record, str) else record,
+                                  _aware(row.db_now), bool(row.mismatch))
         return cls(ClaimRecord.from_row(row), bool(row.takeable), bool(row.mismatch))
 
 

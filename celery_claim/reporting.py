@@ -12,8 +12,8 @@ from typing import Any
 
 from celery_claim import signals
 from celery_claim.claim import Claim
+from celery_claim.records import Lost
 from celery_claim.states import Outcome, State
-from celery_claim.store import ClaimRecord
 
 __all__ = ["acquired", "completed", "duplicate", "log", "lost", "released", "warn_once"]
 
@@ -41,16 +41,19 @@ def acquired(task: Any, handle: Claim, wait: float) -> None:
     log(logging.DEBUG, "acquired", handle, duration=wait)
 
 
-def duplicate(task: Any, key: str, task_id: str | None, record: ClaimRecord | None,
+def duplicate(task: Any, key: str, task_id: str | None, lost: Lost | None,
               outcome: Outcome, **extra: Any) -> None:
-    signals.claim_duplicate.send(sender=task, key=key, task_id=task_id,
-                                 token=record.token if record else None,
-                                 outcome=str(outcome), record=record)
+    # The row's record is built for the signal's receivers only.
+    if signals.claim_duplicate.receivers:
+        record = lost.record if lost is not None else None
+        signals.claim_duplicate.send(sender=task, key=key, task_id=task_id,
+                                     token=record.token if record else None,
+                                     outcome=str(outcome), record=record)
     if logger.isEnabledFor(logging.INFO):
         logger.info(
             "claim duplicate key=%s task_id=%s outcome=%s holder_task_id=%s token=%s%s",
-            key, task_id, outcome, record.task_id if record else None,
-            record.token if record else None,
+            key, task_id, outcome, lost.task_id if lost else None,
+            lost.token if lost else None,
             "".join(f" {k}={v}" for k, v in extra.items()),
             extra={"claim_event": "duplicate", "claim_key": key,
                    "claim_outcome": str(outcome), "task_id": task_id})

@@ -35,6 +35,8 @@ VARIANTS: dict[str, str] = {
     "claim_conflict": "ClaimTask on a table without the settle function: the claim statement "
                       "of the release before (INSERT .. ON CONFLICT DO UPDATE and the "
                       "duplicate's branch)",
+    "claim_signal": "ClaimTask in a worker with a receiver of claim_duplicate (as the "
+                    "metrics connect): every duplicate builds the whole record of its row",
     "claim_cursor": "ClaimTask with its claim statements on psycopg's cursor instead of "
                     "psycopg.pq (the path before the libpq session)",
     "claim_alone": "ClaimTask with claim_coalesce=False: one statement per call, whatever "
@@ -95,6 +97,10 @@ def floor_sql(table: str) -> tuple[str, str, str]:
             "ON CONFLICT (key) DO UPDATE SET state = 'running', token = t.token + 1 "
             "WHERE t.state <> 'succeeded' RETURNING token",
             f"UPDATE {table} SET state = 'succeeded' WHERE key = %s AND token = %s")  # noqa: S608
+
+
+def _received(sender: Any = None, **kwargs: Any) -> None:
+    """A receiver of ``claim_duplicate`` that keeps nothing."""
 
 
 def make_app(conf: Mapping[str, str]) -> Celery:
@@ -208,6 +214,15 @@ def make_app(conf: Mapping[str, str]) -> Celery:
 
     @app.task(shared=False, name="bench.claim_conflict", base=ClaimTask)
     def claim_conflict(n: int) -> int:
+        return body(n)
+
+    if variant == "claim_signal":  # something receives claim_duplicate in this worker
+        from celery_claim import signals
+
+        signals.claim_duplicate.connect(_received, weak=False)
+
+    @app.task(shared=False, name="bench.claim_signal", base=ClaimTask)
+    def claim_signal(n: int) -> int:
         return body(n)
 
     if variant == "claim_cursor":  # this worker's claims go through psycopg's cursor

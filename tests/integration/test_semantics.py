@@ -106,6 +106,10 @@ def test_duplicate_after_success_returns_stored_result_without_running(
     assert charge.claim_store.get("charge:1").duplicates == 3  # type: ignore[union-attr]
     duplicates = [kw for name, kw in events if name == "claim_duplicate"]
     assert [d["outcome"] for d in duplicates] == ["succeeded"] * 3
+    # Its receivers get the whole row each duplicate lost to, as it was counted.
+    assert [(d["record"].state, d["record"].token, d["record"].duplicates, d["record"].result)
+            for d in duplicates] == [("succeeded", 1, n, [1, 1]) for n in (1, 2, 3)]
+    assert [d["token"] for d in duplicates] == [1, 1, 1]
 
 
 def test_same_task_id_is_a_duplicate_with_the_default_key(app: Celery) -> None:

@@ -1,0 +1,64 @@
+"""The row a duplicate lost to, as the claim's settle function answers it:
+what the duplicate reads at once, and the record built only when asked."""
+
+from __future__ import annotations
+
+import json
+
+from celery_claim import results
+from celery_claim.records import Acquired, ClaimRecord, Lost
+
+ROW = {
+    "key": "charge:1", "state": "succeeded", "token": 3, "task_name": "charge",
+    "task_id": "holder", "attempt": 2, "owner": "w1@host/10", "payload_digest": "ab12",
+    "result": "\\x7b2261223a20317d", "result_content_type": results.JSON,
+    "result_content_encoding": "utf-8", "error": None, "duplicates": 4,
+    "lease_expires_at": None, "created_at": "2026-12-07T23:09:27.44501+00:00",
+    "updated_at": "2026-12-07T23:09:27.447439+00:00",
+    "finished_at": "2026-12-07T23:09:27.447439+00:00",
+    "expires_at": "2026-12-08T00:10:27.4+00:00",
+}
+NOW = "2026-12-07T23:09:28.5+00:00"
+
+
+def _answer(row: dict[str, object], mismatch: bool = False) -> str:
+    # [won, token, attempt, row, database time, mismatch, quick_commit]
+    return json.dumps([False, row["token"], row["attempt"], row, NOW, mismatch, "off"])
+
+
+def test_a_duplicate_reads_state_holder_and_result_without_the_record() -> None:
+    lost = Lost.settled(_answer(ROW))
+    assert isinstance(lost, Lost)
+    assert (lost.state, lost.task_id, lost.token, lost.takeable, lost.mismatch) == (
+        "succeeded", "holder", 3, False, False)
+    assert lost.stored_result == results.Encoded(b'{"a": 1}', results.JSON, "utf-8")
+    assert lost._record is None  # nothing asked for the whole record yet
+
+
+def test_the_record_is_built_once_when_read_and_agrees_with_the_accessors() -> None:
+    lost = Lost.settled(_answer(ROW, mismatch=True))
+    assert isinstance(lost, Lost)
+    record = lost.record
+    assert record is lost.record
+    assert record == ClaimRecord.from_json(json.dumps(ROW), record.db_now)
+    assert (record.state, record.task_id, record.token, record.duplicates) == (
+        lost.state, lost.task_id, lost.token, 4)
+    assert record.stored_result == lost.stored_result
+    assert record.result == {"a": 1}
+    assert record.db_now.isoformat() == "2026-12-07T23:09:28.500000+00:00"
+    assert (lost.mismatch, lost.takeable) == (True, False)
+    # Equal to a Lost built from the same record; its repr shows the record.
+    assert lost == Lost(record, False, True)
+    assert "state='succeeded'" in repr(lost)
+
+
+def test_a_row_without_a_result_has_none() -> None:
+    row = {**ROW, "result": None, "result_content_type": None, "result_content_encoding": None}
+    lost = Lost.settled(_answer(row))
+    assert isinstance(lost, Lost)
+    assert lost.stored_result is None
+    assert (lost.record.stored_result, lost.record.has_result) == (None, False)
+
+
+def test_a_taken_row_is_acquired() -> None:
+    assert Lost.settled(json.dumps([True, 5, 3])) == Acquired(token=5, attempt=3)
