@@ -183,6 +183,7 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
         if "report" in without:
             patch(reporting, "acquired", nothing)
             patch(reporting, "completed", nothing)
+            patch(reporting, "duplicate", nothing)
         if "pin" in without:
             patch(callbacks, "pin_callback_ids", nothing)
         if "encode" in without:

@@ -206,10 +206,10 @@ class ClaimedRun(Recovery):
             self._duplicate(key, lost, Outcome.FAILED)
             raise Ignore()
         # Running (or changing under us three times in a row).
-        record = lost.record if lost is not None else None
         if s.on_running == "skip":
             self._duplicate(key, lost, Outcome.RUNNING_SKIPPED)
             raise Ignore()
+        record = lost.record if lost is not None else None
         if s.on_running == "raise" or self.request.is_eager:
             self._duplicate(key, lost, Outcome.RUNNING_RAISED)
             raise errors.ClaimInProgress(

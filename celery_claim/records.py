@@ -181,19 +181,15 @@ class Lost:
     more than the rest of the duplicate's answer (docs/performance.md).
     """
 
-    __slots__ = ("_db_now", "_record", "_row", "mismatch", "takeable")
-
-    #: The row may be taken now (it changed since the acquire): try again.
-    takeable: bool
-    #: The row holds another job under this key (other arguments, another task id).
-    mismatch: bool
+    __slots__ = ("_db_now", "_mismatch", "_record", "_row", "_takeable")
+    __match_args__ = ("record", "takeable", "mismatch")
 
     def __init__(self, record: ClaimRecord, takeable: bool, mismatch: bool) -> None:
         self._record: ClaimRecord | None = record
         self._row: dict[str, Any] = {}
         self._db_now: str | datetime.datetime | None = None
-        self.takeable = takeable
-        self.mismatch = mismatch
+        self._takeable = takeable
+        self._mismatch = mismatch
 
     @classmethod
     def _from_json(cls, row: dict[str, Any], db_now: str | datetime.datetime | None,
@@ -204,9 +200,19 @@ class Lost:
         lost._record = None
         lost._row = row
         lost._db_now = db_now
-        lost.takeable = False
-        lost.mismatch = mismatch
+        lost._takeable = False
+        lost._mismatch = mismatch
         return lost
+
+    @property
+    def takeable(self) -> bool:
+        """The row may be taken now (it changed since the acquire): try again."""
+        return self._takeable
+
+    @property
+    def mismatch(self) -> bool:
+        """The row holds another job under this key (other arguments, another task id)."""
+        return self._mismatch
 
     @property
     def record(self) -> ClaimRecord:
@@ -248,7 +254,11 @@ class Lost:
         return (self.record, self.takeable, self.mismatch) == (
             other.record, other.takeable, other.mismatch)
 
-    __hash__ = None  # type: ignore[assignment]
+    def __hash__(self) -> int:
+        return hash((self.record, self.takeable, self.mismatch))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Lost, (self.record, self.takeable, self.mismatch))
 
     def __repr__(self) -> str:
         return (f"Lost(record={self.record!r}, takeable={self.takeable!r}, "

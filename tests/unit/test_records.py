@@ -3,10 +3,18 @@ what the duplicate reads at once, and the record built only when asked."""
 
 from __future__ import annotations
 
+import collections
+import copy
+import datetime
 import json
+import pickle
+from typing import Any
 
-from celery_claim import results
+import pytest
+
+from celery_claim import reporting, results, signals
 from celery_claim.records import Acquired, ClaimRecord, Lost
+from celery_claim.states import Outcome
 
 ROW = {
     "key": "charge:1", "state": "succeeded", "token": 3, "task_name": "charge",
@@ -49,7 +57,10 @@ def test_the_record_is_built_once_when_read_and_agrees_with_the_accessors() -> N
     assert (lost.mismatch, lost.takeable) == (True, False)
     # Equal to a Lost built from the same record; its repr shows the record.
     assert lost == Lost(record, False, True)
+    assert hash(lost) == hash(Lost(record, False, True))
     assert "state='succeeded'" in repr(lost)
+    with pytest.raises(AttributeError):
+        lost.takeable = True  # type: ignore[misc]
 
 
 def test_a_row_without_a_result_has_none() -> None:
@@ -62,3 +73,63 @@ def test_a_row_without_a_result_has_none() -> None:
 
 def test_a_taken_row_is_acquired() -> None:
     assert Lost.settled(json.dumps([True, 5, 3])) == Acquired(token=5, attempt=3)
+
+
+def test_the_previous_statements_record_column_is_read_the_same_way() -> None:
+    # claim_conflict's lost branch: the row as JSON text, the database's clock
+    # as the driver gives it (naive from SQLite-like drivers: taken as UTC).
+    Row = collections.namedtuple("Row", "record db_now mismatch")
+    lost = Lost.from_row(Row(json.dumps(ROW), datetime.datetime(2026, 12, 7, 23, 9, 28), 0))
+    assert (lost.state, lost.task_id, lost.token, lost.takeable, lost.mismatch) == (
+        "succeeded", "holder", 3, False, False)
+    assert lost.record.db_now == datetime.datetime(2026, 12, 7, 23, 9, 28,
+                                                   tzinfo=datetime.timezone.utc)
+    assert lost.stored_result == lost.record.stored_result
+
+
+def test_a_result_in_bytea_escape_format_reads_the_same_as_the_record() -> None:
+    # bytea_output = 'escape': printable bytes as themselves, a backslash doubled.
+    row = {**ROW, "result": '{"a": "\\\\\\\\"}'}
+    lost = Lost.settled(_answer(row))
+    assert isinstance(lost, Lost)
+    assert lost.stored_result is not None
+    assert lost.stored_result.payload == b'{"a": "\\\\"}'
+    assert lost.stored_result == lost.record.stored_result
+
+
+def test_lost_pickles_and_matches_as_the_dataclass_did() -> None:
+    lost = Lost.settled(_answer(ROW, mismatch=True))
+    assert isinstance(lost, Lost)
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert pickle.loads(pickle.dumps(lost, protocol)) == lost
+    assert copy.copy(lost) == lost
+    match lost:
+        case Lost(record, takeable, mismatch):
+            assert (record.state, takeable, mismatch) == ("succeeded", False, True)
+        case _:
+            pytest.fail("Lost did not match positionally")
+
+
+def test_a_duplicate_builds_the_record_only_for_a_receiver(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signals.claim_duplicate, "receivers", [])
+    quiet = Lost.settled(_answer(ROW))
+    assert isinstance(quiet, Lost)
+    reporting.duplicate(None, "charge:1", "copy", quiet, Outcome.SUCCEEDED)
+    assert quiet._record is None
+
+    got: list[dict[str, Any]] = []
+
+    def receiver(sender: Any = None, **kwargs: Any) -> None:
+        got.append(kwargs)
+
+    signals.claim_duplicate.connect(receiver, weak=False)
+    try:
+        heard = Lost.settled(_answer(ROW))
+        assert isinstance(heard, Lost)
+        reporting.duplicate(None, "charge:1", "copy", heard, Outcome.SUCCEEDED)
+    finally:
+        signals.claim_duplicate.disconnect(receiver)
+    assert [(k["key"], k["token"], k["outcome"], k["record"]) for k in got] == [
+        ("charge:1", 3, "succeeded", heard.record)]
+    assert got[0]["record"].duplicates == 4
