@@ -230,9 +230,12 @@ def test_the_instruction_counts_repeat_and_leave_nothing_behind(tmp_path: Path) 
         root = counts.parent
         assert _processes_mentioning(str(root))  # the server, under valgrind
         floor = instructions.count(dsn, counts, instructions.VARIANTS["floor"][1],
-                                   ops=20, warmup=20, duplicates=True, keep=tmp_path / "floor")
+                                   ops=20, warmup=20, keep=tmp_path / "floor")
         again = instructions.count(dsn, counts, instructions.VARIANTS["floor"][1],
                                    ops=20, warmup=20)
+        with_duplicates = instructions.count(
+            dsn, counts, instructions.VARIANTS["floor"][1], ops=20, warmup=20, duplicates=True,
+            keep=tmp_path / "floor_dup")
         claim = instructions.count(dsn, counts, instructions.VARIANTS["claim"][1],
                                    ops=20, warmup=20, duplicates=True)
         conflict = instructions.count(dsn, counts, instructions.VARIANTS["claim_conflict"][1],
@@ -242,7 +245,9 @@ def test_the_instruction_counts_repeat_and_leave_nothing_behind(tmp_path: Path) 
                                       ops=20, warmup=20)
     assert not root.exists()
     assert not _processes_mentioning(str(root))  # none of the server's processes is left
-    assert again["claim"] == pytest.approx(floor["claim"], rel=0.02)
+    # At 20 claims a count has moved by 2.03% once, on a loaded machine (the
+    # benchmark's 200 repeat within 0.05%): the same, not the same exactly.
+    assert again["claim"] == pytest.approx(floor["claim"], rel=0.03)
     assert 50_000 < floor["claim"] < claim["claim"] < 2_000_000
     # A duplicate runs the claim statement and the settle function's count:
     # about as many instructions as a first delivery's two statements (it
@@ -256,9 +261,9 @@ def test_the_instruction_counts_repeat_and_leave_nothing_behind(tmp_path: Path) 
     assert sum(by_function.values()) == pytest.approx(floor["claim"], rel=0.02)
     # The floor's duplicate is its acquire, refused: less than its claim; the
     # kept files of the duplicates add up to it too.
-    assert 0 < floor["duplicate"] < floor["claim"] < claim["duplicate"]
-    per_duplicate = instructions.functions(tmp_path / "floor", ops=20, duplicate=True)
-    assert sum(per_duplicate.values()) == pytest.approx(floor["duplicate"], rel=0.05)
+    assert 0 < with_duplicates["duplicate"] < floor["claim"] < claim["duplicate"]
+    per_duplicate = instructions.functions(tmp_path / "floor_dup", ops=20, duplicate=True)
+    assert sum(per_duplicate.values()) == pytest.approx(with_duplicates["duplicate"], rel=0.05)
 
 
 def test_the_lifecycle_benchmark_runs_live_with_the_floor_and_leaves_nothing_behind(
