@@ -50,6 +50,13 @@ def _json_bytea(text: str) -> bytes:
     return bytes(pq.Escaping().unescape_bytea(text.encode()))
 
 
+def _stored(payload: bytes, content_type: str | None,
+            content_encoding: str | None) -> results.Encoded:
+    """A stored result, its content type and encoding as the row holds them
+    (a row written before those columns existed holds JSON)."""
+    return results.Encoded(payload, content_type or results.JSON, content_encoding or "utf-8")
+
+
 class _Values(dict[str, Any]):
     """A row's values by name, as ``from_row`` reads them."""
 
@@ -94,8 +101,7 @@ class ClaimRecord:
         content_type = values.pop("result_content_type")
         content_encoding = values.pop("result_content_encoding")
         values["stored_result"] = (
-            None if payload is None else results.Encoded(
-                bytes(payload), content_type or results.JSON, content_encoding or "utf-8"))
+            None if payload is None else _stored(bytes(payload), content_type, content_encoding))
         return cls(**values)
 
     @classmethod
@@ -245,8 +251,8 @@ class Lost:
         payload = row.get("result")
         if payload is None:
             return None
-        return results.Encoded(_json_bytea(payload), row.get("result_content_type") or results.JSON,
-                               row.get("result_content_encoding") or "utf-8")
+        return _stored(_json_bytea(payload), row.get("result_content_type"),
+                       row.get("result_content_encoding"))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Lost):
