@@ -21,6 +21,10 @@ here): ``report`` (signals and log lines), ``pin`` (callback ids),
 ``encode`` (the result's encoding), ``store`` (both statements, whole),
 ``heartbeat`` (holding and dropping the lease).
 
+``--metrics`` installs the Prometheus metrics (``celery_claim.metrics``,
+on a registry of their own) in the process, as a worker that exports them
+does, for every variant.
+
 ``--live`` keeps the round trips real, and adds the floor: a plain task
 whose body runs the floor's two statements (psycopg, autocommit, as the
 worker benchmark's ``floor`` task). With ``--instructions`` that counts the
@@ -67,7 +71,7 @@ DUPLICATED = 50
 PARTS = ("report", "pin", "encode", "store", "heartbeat")
 
 
-def _tracers(database_url: str, without: set[str], live: bool = False,
+def _tracers(database_url: str, without: set[str], live: bool = False, metrics: bool = False,
              ) -> tuple[dict[str, Callable[[str, int], Any]], Callable[[], None]]:
     """A tracer per variant, with the round trips replaced, or real (``live``,
     and the floor's task too), and what to call when done (imports the
@@ -137,6 +141,13 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
                         conn.close()
 
     try:
+        if metrics:
+            from prometheus_client import CollectorRegistry
+
+            from celery_claim import metrics as claim_metrics
+
+            claim_metrics.install(registry=CollectorRegistry())
+            undo.append(claim_metrics.uninstall)
         if live:
             conn = psycopg.connect(sa.engine.make_url(database_url).set(drivername="postgresql")
                                    .render_as_string(hide_password=False), autocommit=True)
@@ -220,8 +231,8 @@ def _tracers(database_url: str, without: set[str], live: bool = False,
 
 
 def _loop(database_url: str, variant: str, tasks: int, without: set[str],
-          live: bool = False) -> None:
-    tracers, close = _tracers(database_url, without, live)
+          live: bool = False, metrics: bool = False) -> None:
+    tracers, close = _tracers(database_url, without, live, metrics)
     try:
         one = tracers[variant]
         ids = [str(uuid.uuid4()) for _ in range(tasks)]
@@ -232,10 +243,11 @@ def _loop(database_url: str, variant: str, tasks: int, without: set[str],
 
 
 def cpu(database_url: str, *, tasks: int = 2000, repeats: int = 15,
-        without: frozenset[str] = frozenset(), live: bool = False) -> dict[str, float]:
+        without: frozenset[str] = frozenset(), live: bool = False,
+        metrics: bool = False) -> dict[str, float]:
     """CPU microseconds per task, each variant's least over ``repeats``
     interleaved chunks of ``tasks`` (the machine's noise only adds)."""
-    tracers, close = _tracers(database_url, set(without), live)
+    tracers, close = _tracers(database_url, set(without), live, metrics)
     best: dict[str, list[float]] = {name: [] for name in tracers}
     try:
         for _ in range(repeats):
@@ -252,7 +264,8 @@ def cpu(database_url: str, *, tasks: int = 2000, repeats: int = 15,
 
 def instructions(database_url: str, variant: str, *, tree: str | None = None,
                  without: frozenset[str] = frozenset(),
-                 counts: tuple[int, int] = (200, 1200), live: bool = False) -> int:
+                 counts: tuple[int, int] = (200, 1200), live: bool = False,
+                 metrics: bool = False) -> int:
     """Instructions per task of ``variant`` under callgrind (the difference of
     two runs, so the start-up cancels out)."""
     collected = []
@@ -261,7 +274,7 @@ def instructions(database_url: str, variant: str, *, tree: str | None = None,
                    sys.executable, "-m", "benchmarks.lifecycle", "--loop", variant,
                    "--tasks", str(tasks), "--database-url", database_url,
                    "--without", ",".join(sorted(without)), *(["--tree", tree] if tree else []),
-                   *(["--live"] if live else [])]
+                   *(["--live"] if live else []), *(["--metrics"] if metrics else [])]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         line = next(line for line in done.stderr.splitlines() if "Collected" in line)
@@ -283,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
                              "plain is always counted; floor only with --live)")
     parser.add_argument("--live", action="store_true",
                         help="real round trips to PostgreSQL, and the floor's task")
+    parser.add_argument("--metrics", action="store_true",
+                        help="install the Prometheus metrics (celery_claim.metrics) first")
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--loop", default=None, help=argparse.SUPPRESS)
@@ -294,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.tree and not args.instructions:
         sys.path.insert(0, os.path.abspath(args.tree))  # before this checkout's own
     if args.loop is not None:  # one run under valgrind
-        _loop(args.database_url, args.loop, args.tasks, without, args.live)
+        _loop(args.database_url, args.loop, args.tasks, without, args.live, args.metrics)
         return
     variants = LIVE_VARIANTS if args.live else VARIANTS
     if args.instructions:
@@ -305,16 +320,17 @@ def main(argv: list[str] | None = None) -> None:
                          f"{', '.join(variants)}" + ("" if args.live else " (floor needs --live)"))
         counts: dict[str, float] = {
             name: instructions(args.database_url, name, tree=args.tree, without=without,
-                               live=args.live)
+                               live=args.live, metrics=args.metrics)
             for name in variants if name in wanted}
         unit = "instructions per task"
     else:
         counts = cpu(args.database_url, tasks=args.tasks, repeats=args.repeats, without=without,
-                     live=args.live)
+                     live=args.live, metrics=args.metrics)
         unit = "CPU us per task (least of the repeats)"
     base = counts["plain"]
     print(f"celery_claim of {os.path.abspath(args.tree or os.getcwd())}"
           + (f", without {', '.join(sorted(without))}" if without else "")
+          + (", metrics installed" if args.metrics else "")
           + (", real round trips" if args.live else ", round trips replaced"))
     print(f"| variant | {unit} | beyond the plain task |")
     print("|---|---|---|")

@@ -40,8 +40,8 @@ DEFAULT_DATABASE_URL = os.environ.get(
 DEFAULT_REDIS_URL = os.environ.get("CELERY_CLAIM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "floor", "handwritten", "claim",
-                   "claim_conflict", "claim_signal", "claim_cursor", "claim_alone", "claim_early",
-                   "claim_key", "claim_atomic", "once", "dedup")
+                   "claim_conflict", "claim_signal", "claim_metrics", "claim_cursor",
+                   "claim_alone", "claim_early", "claim_key", "claim_atomic", "once", "dedup")
 #: With a body that takes time.
 BODY_VARIANTS = ("plain", "plain_late", "floor", "handwritten", "claim")
 #: The plain task with the same acking as each variant.
@@ -50,6 +50,7 @@ SAME_ACKS = {"plain": "plain", "plain_late": "plain_late", "plain_write": "plain
              "claim_early": "plain", "claim_key": "plain_late",
              "claim_atomic": "plain_late", "claim_cursor": "plain_late",
              "claim_conflict": "plain_late", "claim_signal": "plain_late",
+             "claim_metrics": "plain_late",
              "claim_alone": "plain_late", "once": "plain", "dedup": "plain_late"}
 ACKS = {v: ("early" if SAME_ACKS[v] == "plain" else "late") for v in SAME_ACKS}
 

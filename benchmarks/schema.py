@@ -381,6 +381,7 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,
         for conn, table in opened:
             try:
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
+                conn.execute(f"DROP FUNCTION IF EXISTS {table}_settle")
             finally:
                 conn.close()
         admin.close()

@@ -160,6 +160,7 @@ class StoreBench:
     def drop(self, table: str) -> None:
         with self.engine.connect() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+            conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {table}_settle"))
 
     def clients(self, counts: Sequence[int], seconds: float) -> list[dict[str, Any]]:
         rows = []

@@ -52,8 +52,8 @@ POOLS: dict[str, tuple[str, int, int]] = {
 }
 
 #: Variants whose duplicate workload (every message delivered twice) can be measured.
-DUPLICATE_VARIANTS = ("plain_late", "floor", "claim", "claim_conflict", "claim_signal", "once",
-                      "dedup")
+DUPLICATE_VARIANTS = ("plain_late", "floor", "claim", "claim_conflict", "claim_signal",
+                      "claim_metrics", "once", "dedup")
 #: Those measured unless ``--duplicates`` says otherwise.
 DEFAULT_DUPLICATES = ("plain_late", "claim", "once", "dedup")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery_claim import signals
@@ -15,9 +16,36 @@ from celery_claim.claim import Claim
 from celery_claim.records import Lost
 from celery_claim.states import Outcome, State
 
-__all__ = ["acquired", "completed", "duplicate", "log", "lost", "released", "warn_once"]
+__all__ = ["EVENTS", "acquired", "completed", "duplicate", "log", "lost", "observe", "released",
+           "unobserve", "warn_once"]
 
 logger = logging.getLogger("celery_claim")
+
+#: The package's own observers (the Prometheus metrics) of the three events
+#: every task reports, by event: called directly, with ``sender`` and the
+#: event's values (``acquired``: ``wait``; ``duplicate``: ``outcome``;
+#: ``completed``: ``state``, ``duration``), not through the signals. A
+#: receiver of ``claim_duplicate`` makes every duplicate build its row's
+#: whole record, and Celery's dispatch costs more than a counter's increment.
+EVENTS = ("acquired", "duplicate", "completed")
+_observers: dict[str, tuple[Callable[..., None], ...]] = {event: () for event in EVENTS}
+
+
+def observe(event: str, observer: Callable[..., None]) -> None:
+    """Call ``observer`` at each ``event`` (one of :data:`EVENTS`)."""
+    _observers[event] = (*_observers[event], observer)
+
+
+def unobserve(event: str, observer: Callable[..., None]) -> None:
+    _observers[event] = tuple(o for o in _observers[event] if o != observer)
+
+
+def _notify(observers: tuple[Callable[..., None], ...], task: Any, **values: Any) -> None:
+    for observer in observers:
+        try:
+            observer(sender=task, **values)
+        except Exception:  # as a signal's receiver: never the task's failure
+            logger.exception("claim observer %r raised", observer)
 
 
 def log(level: int, event: str, handle: Claim, *, duration: float | None = None,
@@ -35,6 +63,9 @@ def log(level: int, event: str, handle: Claim, *, duration: float | None = None,
 
 def acquired(task: Any, handle: Claim, wait: float) -> None:
     # Every task's path: a signal nobody listens to costs no call.
+    observers = _observers["acquired"]
+    if observers:
+        _notify(observers, task, wait=wait)
     if signals.claim_acquired.receivers:
         signals.claim_acquired.send(sender=task, key=handle.key, task_id=handle.task_id,
                                     token=handle.token, attempt=handle.attempt, wait=wait)
@@ -43,6 +74,9 @@ def acquired(task: Any, handle: Claim, wait: float) -> None:
 
 def duplicate(task: Any, key: str, task_id: str | None, lost: Lost | None,
               outcome: Outcome, **extra: Any) -> None:
+    observers = _observers["duplicate"]
+    if observers:
+        _notify(observers, task, outcome=str(outcome))
     # The row's record is built for the signal's receivers only.
     if signals.claim_duplicate.receivers:
         record = lost.record if lost is not None else None
@@ -60,11 +94,16 @@ def duplicate(task: Any, key: str, task_id: str | None, lost: Lost | None,
 
 
 def completed(task: Any, handle: Claim, state: State) -> None:
-    if not signals.claim_completed.receivers and not logger.isEnabledFor(logging.INFO):
+    observers = _observers["completed"]
+    receivers = signals.claim_completed.receivers
+    if not observers and not receivers and not logger.isEnabledFor(logging.INFO):
         return
     duration = time.monotonic() - handle.acquired_at
-    signals.claim_completed.send(sender=task, key=handle.key, task_id=handle.task_id,
-                                 token=handle.token, state=str(state), duration=duration)
+    if observers:
+        _notify(observers, task, state=str(state), duration=duration)
+    if receivers:
+        signals.claim_completed.send(sender=task, key=handle.key, task_id=handle.task_id,
+                                     token=handle.token, state=str(state), duration=duration)
     log(logging.INFO, "completed", handle, state=state, duration=duration)
 
 

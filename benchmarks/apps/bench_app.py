@@ -35,8 +35,10 @@ VARIANTS: dict[str, str] = {
     "claim_conflict": "ClaimTask on a table without the settle function: the claim statement "
                       "of the release before (INSERT .. ON CONFLICT DO UPDATE and the "
                       "duplicate's branch)",
-    "claim_signal": "ClaimTask in a worker with a receiver of claim_duplicate (as the "
-                    "metrics connect): every duplicate builds the whole record of its row",
+    "claim_signal": "ClaimTask in a worker with a receiver of claim_duplicate: every "
+                    "duplicate builds the whole record of its row",
+    "claim_metrics": "ClaimTask in a worker with the Prometheus metrics installed "
+                     "(celery_claim.metrics.install())",
     "claim_cursor": "ClaimTask with its claim statements on psycopg's cursor instead of "
                     "psycopg.pq (the path before the libpq session)",
     "claim_alone": "ClaimTask with claim_coalesce=False: one statement per call, whatever "
@@ -223,6 +225,15 @@ def make_app(conf: Mapping[str, str]) -> Celery:
 
     @app.task(shared=False, name="bench.claim_signal", base=ClaimTask)
     def claim_signal(n: int) -> int:
+        return body(n)
+
+    if variant == "claim_metrics":  # this worker exports the metrics (each process its own)
+        from celery_claim import metrics
+
+        metrics.install()
+
+    @app.task(shared=False, name="bench.claim_metrics", base=ClaimTask)
+    def claim_metrics(n: int) -> int:
         return body(n)
 
     if variant == "claim_cursor":  # this worker's claims go through psycopg's cursor

@@ -186,6 +186,7 @@ def test_each_claim_statement_of_the_claim_parts_answers_as_the_claim(
             assert (state, token, attempt) == ("running", 2, 2)
         finally:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"DROP FUNCTION IF EXISTS {table}_settle")
 
 
 def test_the_batch_parameters_benchmark_runs(database_url: str) -> None:
@@ -198,14 +199,16 @@ def test_the_batch_parameters_benchmark_runs(database_url: str) -> None:
 
 
 def _tables_named(database_url: str, pattern: str) -> int:
-    """How many tables have a name ``LIKE pattern``."""
+    """How many tables and functions (a claims table's settle function) have
+    a name ``LIKE pattern``."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:
             return int(conn.execute(sa.text(
-                "SELECT count(*) FROM pg_tables WHERE tablename LIKE :pattern"),
+                "SELECT (SELECT count(*) FROM pg_tables WHERE tablename LIKE :pattern)"
+                " + (SELECT count(*) FROM pg_proc WHERE proname LIKE :pattern)"),
                 {"pattern": pattern}).scalar_one())
     finally:
         engine.dispose()

@@ -110,6 +110,18 @@ def test_lost_pickles_and_matches_as_the_dataclass_did() -> None:
             pytest.fail("Lost did not match positionally")
 
 
+def _reported(receiver: Any, outcome: Outcome) -> Lost:
+    """A duplicate's answer, reported with ``receiver`` connected to ``claim_duplicate``."""
+    signals.claim_duplicate.connect(receiver, weak=False)
+    try:
+        lost = Lost.settled(_answer(ROW))
+        assert isinstance(lost, Lost)
+        reporting.duplicate(None, "charge:1", "copy", lost, outcome)
+        return lost
+    finally:
+        signals.claim_duplicate.disconnect(receiver)
+
+
 def test_a_duplicate_builds_the_record_only_for_a_receiver(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(signals.claim_duplicate, "receivers", [])
@@ -123,13 +135,61 @@ def test_a_duplicate_builds_the_record_only_for_a_receiver(
     def receiver(sender: Any = None, **kwargs: Any) -> None:
         got.append(kwargs)
 
-    signals.claim_duplicate.connect(receiver, weak=False)
-    try:
-        heard = Lost.settled(_answer(ROW))
-        assert isinstance(heard, Lost)
-        reporting.duplicate(None, "charge:1", "copy", heard, Outcome.SUCCEEDED)
-    finally:
-        signals.claim_duplicate.disconnect(receiver)
+    heard = _reported(receiver, Outcome.SUCCEEDED)
     assert [(k["key"], k["token"], k["outcome"], k["record"]) for k in got] == [
         ("charge:1", 3, "succeeded", heard.record)]
     assert got[0]["record"].duplicates == 4
+
+
+def test_the_metrics_count_a_duplicate_without_its_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from celery_claim import metrics
+
+    monkeypatch.setattr(signals.claim_duplicate, "receivers", [])
+    registry = CollectorRegistry()
+    installed = metrics.ClaimMetrics.create(registry)
+    installed.connect()
+
+    class Charge:
+        name = "billing.charge"
+
+    def counted() -> float:
+        return registry.get_sample_value("celery_claim_duplicates_total",
+                                         {"task": "billing.charge", "outcome": "succeeded"}) or 0
+    try:
+        assert not signals.claim_duplicate.receivers  # the metrics are no receiver of it
+        lost = Lost.settled(_answer(ROW))
+        assert isinstance(lost, Lost)
+        reporting.duplicate(Charge(), "charge:1", "copy", lost, Outcome.SUCCEEDED)
+        assert counted() == 1
+        assert lost._record is None
+        # The row vanished in between: still counted.
+        reporting.duplicate(Charge(), "charge:1", "copy", None, Outcome.SUCCEEDED)
+        assert counted() == 2
+    finally:
+        installed.disconnect()
+    reporting.duplicate(Charge(), "charge:1", "copy", lost, Outcome.SUCCEEDED)
+    assert counted() == 2  # disconnected: no longer counted
+    assert installed.on_duplicate not in reporting._observers["duplicate"]
+
+
+def test_an_observer_that_raises_is_logged_and_the_duplicate_goes_on(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    heard: list[str] = []
+
+    def broken(sender: Any = None, outcome: str = "") -> None:
+        raise RuntimeError("registry full")
+
+    def receiver(sender: Any = None, outcome: str = "", **_: Any) -> None:
+        heard.append(outcome)
+
+    reporting.observe("duplicate", broken)
+    try:
+        _reported(receiver, Outcome.FAILED)
+    finally:
+        reporting.unobserve("duplicate", broken)
+    assert heard == ["failed"]
+    assert "registry full" in caplog.text
+    assert broken not in reporting._observers["duplicate"]
