@@ -248,6 +248,8 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
 }
 
 #: The variants whose claim statement also answers a duplicate.
+#: The benchmark's tables are named ``{PREFIX}_{variant}_{random}``.
+PREFIX = "bench_parts"
 DUPLICATES = ("claim", "claim_read", "multi_assign", "verdict_in_where", "function")
 
 
@@ -283,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--json", help="also write every round's measurements here")
     args = parser.parse_args(argv)
     rows = costs(args.database_url, args.ops, args.rounds, variants=VARIANTS,
-                 duplicates=DUPLICATES, prefix="bench_parts", pause_ms=args.pause_ms)
+                 duplicates=DUPLICATES, prefix=PREFIX, pause_ms=args.pause_ms)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -17,7 +17,7 @@ with two numbers of tasks, and divides the difference: instructions per
 task, the same from run to run on one machine, whatever else it is doing
 (CPU time moves with the machine's load). ``--without`` replaces named parts
 with nothing, to measure what each costs (it breaks the semantics, so only
-here): ``report`` (signals and log lines), ``pin`` (callback ids),
+here): ``report`` (signals, the metrics and log lines), ``pin`` (callback ids),
 ``encode`` (the result's encoding), ``store`` (both statements, whole),
 ``heartbeat`` (holding and dropping the lease).
 
@@ -144,10 +144,11 @@ def _tracers(database_url: str, without: set[str], live: bool = False, metrics: 
         if metrics:
             from prometheus_client import CollectorRegistry
 
-            from celery_claim import metrics as claim_metrics
+            from celery_claim.metrics import ClaimMetrics
 
-            claim_metrics.install(registry=CollectorRegistry())
-            undo.append(claim_metrics.uninstall)
+            installed = ClaimMetrics.create(CollectorRegistry())
+            installed.connect()
+            undo.append(installed.disconnect)
         if live:
             conn = psycopg.connect(sa.engine.make_url(database_url).set(drivername="postgresql")
                                    .render_as_string(hide_password=False), autocommit=True)

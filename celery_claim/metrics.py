@@ -56,7 +56,8 @@ def _task(sender: Any) -> str:
 
 @dataclasses.dataclass
 class ClaimMetrics:
-    """The metrics and the signal receivers that feed them."""
+    """The metrics and the receivers that feed them (of the claim events and
+    of the rarer events' signals)."""
 
     acquisitions: Any
     duplicates: Any
@@ -101,6 +102,8 @@ class ClaimMetrics:
         try:
             return self._children[metric, labels]
         except KeyError:  # a race makes the same child twice: labels() returns one
+            # Kept for good: a child removed from its metric (remove(), clear())
+            # would go on counting unseen; the package never removes one.
             child = self._children[metric, labels] = metric.labels(*labels)
             return child
 

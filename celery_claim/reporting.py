@@ -1,12 +1,17 @@
-"""What each claim event tells the world: a signal and a log line.
+"""What each claim event tells the world: a signal, the package's own
+observers (the metrics) and a log line.
 
-The life cycle calls these at each transition; receivers (metrics, users'
-own handlers) and log readers see the same events with the same fields.
+The life cycle calls these at each transition. Signal receivers (users'
+own handlers) and log readers see the same events with the same fields;
+the observers of every task's three events (acquired, duplicate,
+completed) get the task and the values they count, without Celery's
+dispatch (:func:`observe`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,22 +27,31 @@ __all__ = ["EVENTS", "acquired", "completed", "duplicate", "log", "lost", "obser
 logger = logging.getLogger("celery_claim")
 
 #: The package's own observers (the Prometheus metrics) of the three events
-#: every task reports, by event: called directly, with ``sender`` and the
-#: event's values (``acquired``: ``wait``; ``duplicate``: ``outcome``;
-#: ``completed``: ``state``, ``duration``), not through the signals. A
+#: nearly every delivery reports, by event, not through the signals: a
 #: receiver of ``claim_duplicate`` makes every duplicate build its row's
 #: whole record, and Celery's dispatch costs more than a counter's increment.
 EVENTS = ("acquired", "duplicate", "completed")
 _observers: dict[str, tuple[Callable[..., None], ...]] = {event: () for event in EVENTS}
+_observers_lock = threading.Lock()
 
 
 def observe(event: str, observer: Callable[..., None]) -> None:
-    """Call ``observer`` at each ``event`` (one of :data:`EVENTS`)."""
-    _observers[event] = (*_observers[event], observer)
+    """Call ``observer`` at each ``event`` (one of :data:`EVENTS`), in the
+    task's thread, with keywords: ``sender`` (the task) and the event's
+    values (``acquired``: ``wait``; ``duplicate``: ``outcome``;
+    ``completed``: ``state``, ``duration``). It must take ``**kwargs`` too,
+    for values added later. An exception it raises is logged on the
+    ``celery_claim`` logger, as a signal's receiver's is on Celery's, and
+    the task goes on. Observing twice is observing once."""
+    with _observers_lock:
+        if observer not in _observers[event]:
+            _observers[event] = (*_observers[event], observer)
 
 
 def unobserve(event: str, observer: Callable[..., None]) -> None:
-    _observers[event] = tuple(o for o in _observers[event] if o != observer)
+    """Stop calling ``observer`` at ``event``."""
+    with _observers_lock:
+        _observers[event] = tuple(o for o in _observers[event] if o != observer)
 
 
 def _notify(observers: tuple[Callable[..., None], ...], task: Any, **values: Any) -> None:

@@ -123,10 +123,13 @@ def test_the_claim_parts_benchmark_pauses_after_each_measured_statement(
 
     pauses: list[float] = []
     monkeypatch.setattr(schema, "_pause", pauses.append)
+    # Tables of its own: the test above looks for leftovers of bench_parts.
+    monkeypatch.setattr(claim_parts, "PREFIX", "bench_pause")
     claim_parts.main(["--database-url", database_url, "--rounds", "1", "--ops", "20",
                       "--pause-ms", "1.5"])
     assert pauses.count(0.0015) == 2 * 20 * len(claim_parts.VARIANTS)
     assert set(pauses) == {0.0, 0.0015}  # warm-ups and duplicates: back to back
+    assert _tables_named(database_url, r'bench\_pause\_%') == 0
 
 
 @pytest.mark.parametrize("variant", ["claim", "claim_read", "multi_assign", "verdict_in_where",
@@ -281,13 +284,17 @@ def test_the_lifecycle_benchmark_runs_live_with_the_floor_and_leaves_nothing_beh
     from celery_claim.lease import heartbeat
 
     replaced = [(_libpq.LibpqSession, "_run"), (reporting, "acquired"),
-                (reporting, "completed"), (callbacks, "pin_callback_ids"), (results, "encode"),
+                (reporting, "completed"), (reporting, "duplicate"),
+                (callbacks, "pin_callback_ids"), (results, "encode"),
                 (heartbeat, "hold"), (heartbeat, "drop")]
     before = [vars(owner).get(name) for owner, name in replaced]
+    observers = dict(reporting._observers)
 
-    live = lifecycle.cpu(database_url, tasks=20, repeats=1, live=True)
+    # --metrics: the metrics observe the benchmark's tasks, and are gone after.
+    live = lifecycle.cpu(database_url, tasks=20, repeats=1, live=True, metrics=True)
     assert list(live) == list(lifecycle.LIVE_VARIANTS)
     assert all(value > 0 for value in live.values())
+    assert reporting._observers == observers
     # The round trips replaced (the default), and every part taken away: no floor.
     stubbed = lifecycle.cpu(database_url, tasks=20, repeats=1,
                             without=frozenset(lifecycle.PARTS))

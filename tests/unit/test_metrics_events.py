@@ -26,9 +26,11 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[CollectorRegistry]:
     registry = CollectorRegistry()
     installed = metrics.ClaimMetrics.create(registry)
     installed.connect()
+    installed.connect()  # connecting twice counts once
     yield registry
     installed.disconnect()
-    assert all(not reporting._observers[event] for event in reporting.EVENTS)
+    assert all(observer not in reporting._observers[event]
+               for event, observer in installed._observed())
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -36,8 +38,11 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 def handle() -> Claim:
-    return Claim(store=None, key="charge:1", token=1, attempt=1, task_id="t1",
-                 lease_seconds=60)
+    """A claim acquired half a second ago."""
+    claim = Claim(store=None, key="charge:1", token=1, attempt=1, task_id="t1",
+                  lease_seconds=60)
+    claim.acquired_at -= 0.5
+    return claim
 
 
 def test_every_event_is_counted_and_no_signal_is_sent(
@@ -57,6 +62,7 @@ def test_every_event_is_counted_and_no_signal_is_sent(
     assert value(registry, "celery_claim_completions_total", state="succeeded") == 2
     assert value(registry, "celery_claim_completions_total", state="failed") == 1
     assert value(registry, "celery_claim_held_seconds_count", state="succeeded") == 2
+    assert 1.0 <= value(registry, "celery_claim_held_seconds_sum", state="succeeded") < 2.0
     assert value(registry, "celery_claim_duplicates_total", outcome="succeeded") == 1
     assert value(registry, "celery_claim_duplicates_total", outcome="mismatch") == 1
 

@@ -110,13 +110,13 @@ def test_lost_pickles_and_matches_as_the_dataclass_did() -> None:
             pytest.fail("Lost did not match positionally")
 
 
-def _reported(receiver: Any, outcome: Outcome) -> Lost:
+def _reported(receiver: Any, outcome: Outcome, task: Any = None) -> Lost:
     """A duplicate's answer, reported with ``receiver`` connected to ``claim_duplicate``."""
     signals.claim_duplicate.connect(receiver, weak=False)
     try:
         lost = Lost.settled(_answer(ROW))
         assert isinstance(lost, Lost)
-        reporting.duplicate(None, "charge:1", "copy", lost, outcome)
+        reporting.duplicate(task, "charge:1", "copy", lost, outcome)
         return lost
     finally:
         signals.claim_duplicate.disconnect(receiver)
@@ -150,7 +150,6 @@ def test_the_metrics_count_a_duplicate_without_its_record(
     monkeypatch.setattr(signals.claim_duplicate, "receivers", [])
     registry = CollectorRegistry()
     installed = metrics.ClaimMetrics.create(registry)
-    installed.connect()
 
     class Charge:
         name = "billing.charge"
@@ -159,6 +158,7 @@ def test_the_metrics_count_a_duplicate_without_its_record(
         return registry.get_sample_value("celery_claim_duplicates_total",
                                          {"task": "billing.charge", "outcome": "succeeded"}) or 0
     try:
+        installed.connect()
         assert not signals.claim_duplicate.receivers  # the metrics are no receiver of it
         lost = Lost.settled(_answer(ROW))
         assert isinstance(lost, Lost)
@@ -168,15 +168,22 @@ def test_the_metrics_count_a_duplicate_without_its_record(
         # The row vanished in between: still counted.
         reporting.duplicate(Charge(), "charge:1", "copy", None, Outcome.SUCCEEDED)
         assert counted() == 2
+        # A receiver of the signal beside them: it gets the whole record, and
+        # the duplicate is counted once.
+        got: list[Any] = []
+        heard = _reported(lambda sender=None, **kw: got.append(kw["record"]),
+                          Outcome.SUCCEEDED, Charge())
+        assert counted() == 3
+        assert got == [heard.record]
     finally:
         installed.disconnect()
     reporting.duplicate(Charge(), "charge:1", "copy", lost, Outcome.SUCCEEDED)
-    assert counted() == 2  # disconnected: no longer counted
+    assert counted() == 3  # disconnected: no longer counted
     assert installed.on_duplicate not in reporting._observers["duplicate"]
 
 
 def test_an_observer_that_raises_is_logged_and_the_duplicate_goes_on(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
     heard: list[str] = []
 
     def broken(sender: Any = None, outcome: str = "") -> None:
