@@ -247,9 +247,9 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, str], Claim]]] = {
                  "count only when the acquire did not win", function),
 }
 
-#: The variants whose claim statement also answers a duplicate.
 #: The benchmark's tables are named ``{PREFIX}_{variant}_{random}``.
 PREFIX = "bench_parts"
+#: The variants whose claim statement also answers a duplicate.
 DUPLICATES = ("claim", "claim_read", "multi_assign", "verdict_in_where", "function")
 
 

@@ -134,9 +134,9 @@ class ClaimMetrics:
 
     def _observed(self) -> Iterator[tuple[str, Any]]:
         # The three events of every task are observed directly, not through
-        # their signals (reporting.observe): Celery's dispatch cost more than
-        # the metrics, and a receiver of claim_duplicate makes every
-        # duplicate build its row's whole record, which no count reads.
+        # their signals (reporting.observe): a signal's dispatch costs more
+        # than a counter's increment, and a receiver of claim_duplicate makes
+        # every duplicate build its row's whole record, which no count reads.
         yield "acquired", self.on_acquired
         yield "duplicate", self.on_duplicate
         yield "completed", self.on_completed

@@ -29,7 +29,8 @@ logger = logging.getLogger("celery_claim")
 #: The package's own observers (the Prometheus metrics) of the three events
 #: nearly every delivery reports, by event, not through the signals: a
 #: receiver of ``claim_duplicate`` makes every duplicate build its row's
-#: whole record, and Celery's dispatch costs more than a counter's increment.
+#: whole record, and Celery's dispatch of a signal to one receiver (about
+#: 2.5 us) costs more than a counter's increment (about 0.5 us).
 EVENTS = ("acquired", "duplicate", "completed")
 _observers: dict[str, tuple[Callable[..., None], ...]] = {event: () for event in EVENTS}
 _observers_lock = threading.Lock()
