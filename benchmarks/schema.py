@@ -69,6 +69,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from benchmarks import alternatives, previous_release
+from celery_claim import sql_settle
 from celery_claim.sql import ddl, make_table
 from celery_claim.statements import Statements, driver_dialect
 
@@ -381,7 +382,7 @@ def costs(url: str, ops: int = 2000, rounds: int = 5, chunk: int = 250, *,
         for conn, table in opened:
             try:
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
-                conn.execute(f"DROP FUNCTION IF EXISTS {table}_settle")
+                conn.execute(sql_settle.drop_settle_function(make_table(table)))
             finally:
                 conn.close()
         admin.close()

@@ -33,7 +33,8 @@ import sqlalchemy as sa
 
 from benchmarks.apps.bench_app import floor_sql, handwritten_sql
 from benchmarks.workers import server_cpu_reading, server_cpu_since
-from celery_claim import ClaimStore
+from celery_claim import ClaimStore, sql_settle
+from celery_claim.sql import make_table
 
 Latencies = dict[str, list[float]]
 
@@ -160,7 +161,7 @@ class StoreBench:
     def drop(self, table: str) -> None:
         with self.engine.connect() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-            conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {table}_settle"))
+            conn.execute(sa.text(sql_settle.drop_settle_function(make_table(table))))
 
     def clients(self, counts: Sequence[int], seconds: float) -> list[dict[str, Any]]:
         rows = []

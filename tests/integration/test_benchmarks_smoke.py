@@ -145,6 +145,8 @@ def test_each_claim_statement_of_the_claim_parts_answers_as_the_claim(
     import sqlalchemy as sa
 
     from benchmarks import claim_parts
+    from celery_claim import sql_settle
+    from celery_claim.sql import make_table
 
     dsn = sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(
         hide_password=False)
@@ -189,7 +191,7 @@ def test_each_claim_statement_of_the_claim_parts_answers_as_the_claim(
             assert (state, token, attempt) == ("running", 2, 2)
         finally:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
-            conn.execute(f"DROP FUNCTION IF EXISTS {table}_settle")
+            conn.execute(sql_settle.drop_settle_function(make_table(table)))
 
 
 def test_the_batch_parameters_benchmark_runs(database_url: str) -> None:
