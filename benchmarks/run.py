@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         pools, bodies, args.repeats = ["solo"], [0.0], 1
         variants = ["plain", "plain_late", "claim", "dedup", "once"]
-        duplicates = ["claim", "dedup"]
+        duplicates = ["plain_late", "floor", "claim", "dedup"]
         args.messages = args.body_messages = 40
     if importlib.util.find_spec("celery_once") is None:
         print("celery-once is not installed (pip install 'celery-claim[bench]'): skipping it",

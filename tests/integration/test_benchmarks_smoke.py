@@ -49,8 +49,12 @@ def test_quick_benchmark_runs_and_reports(database_url: str, redis_url: str,
         cpu = r["cpu_ms_per_task"]
         parts = [cpu["postgres_backends"], cpu["postgres_background"], cpu["postgres_ended"]]
         assert cpu["postgres"] == pytest.approx(sum(parts))
-    # Under a claim, no redelivered copy runs its body again.
+    # Under a claim, or the floor's, no redelivered copy runs its body again;
+    # a plain task's copies all do (the harness sees a copy that runs).
     assert by_variant[("claim", "dup")]["duplicate_bodies_run"] == 0
+    assert by_variant[("floor", "dup")]["duplicate_bodies_run"] == 0
+    plain_dup = by_variant[("plain_late", "dup")]
+    assert plain_dup["duplicate_bodies_run"] == plain_dup["messages"]
     assert report["store"]["sizes"][-1]["rows"] == 10_000
     assert report["store"]["purge"]["deleted"] == 5_000
     assert {row["path"] for row in report["store"]["paths"]} == {
