@@ -39,8 +39,8 @@ DEFAULT_DATABASE_URL = os.environ.get(
     "CELERY_CLAIM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DEFAULT_REDIS_URL = os.environ.get("CELERY_CLAIM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
-SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "floor", "handwritten", "claim",
-                   "claim_conflict", "claim_signal", "claim_metrics", "claim_cursor",
+SINGLE_VARIANTS = ("plain", "plain_late", "plain_write", "floor", "floor_twin", "handwritten",
+                   "claim", "claim_conflict", "claim_signal", "claim_metrics", "claim_cursor",
                    "claim_alone", "claim_early", "claim_key", "claim_atomic", "once", "dedup")
 #: With a body that takes time.
 BODY_VARIANTS = ("plain", "plain_late", "floor", "handwritten", "claim")
@@ -50,7 +50,7 @@ SAME_ACKS = {"plain": "plain", "plain_late": "plain_late", "plain_write": "plain
              "claim_early": "plain", "claim_key": "plain_late",
              "claim_atomic": "plain_late", "claim_cursor": "plain_late",
              "claim_conflict": "plain_late", "claim_signal": "plain_late",
-             "claim_metrics": "plain_late",
+             "claim_metrics": "plain_late", "floor_twin": "plain_late",
              "claim_alone": "plain_late", "once": "plain", "dedup": "plain_late"}
 ACKS = {v: ("early" if SAME_ACKS[v] == "plain" else "late") for v in SAME_ACKS}
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bodies = [float(b) for b in args.bodies.split(",") if b]
     if args.quick:
         pools, bodies, args.repeats = ["solo"], [0.0], 1
-        variants = ["plain", "plain_late", "claim", "dedup", "once"]
+        variants = ["plain", "plain_late", "floor_twin", "claim", "dedup", "once"]
         duplicates = ["plain_late", "floor", "claim", "dedup"]
         args.messages = args.body_messages = 40
     if importlib.util.find_spec("celery_once") is None:

@@ -44,6 +44,8 @@ VARIANTS: dict[str, str] = {
     "claim_alone": "ClaimTask with claim_coalesce=False: one statement per call, whatever "
                    "the pool",
     "handwritten": "plain task (acks_late) with a hand-written two-statement psycopg claim",
+    "floor_twin": "the floor's task again under another name: an A/A control, whose ratio "
+                  "to the floor is the harness's own spread",
     "floor": "plain task (acks_late) with the smallest correct claim: three columns, two "
              "autocommit statements on one psycopg connection per process",
     "once": "celery-once QueueOnce (lock at publish, unlock after the body)",
@@ -194,16 +196,23 @@ def make_app(conf: Mapping[str, str]) -> Celery:
         conn.execute(hand_done, (key,))
         return result
 
-    @app.task(shared=False, name="bench.floor", acks_late=True, bind=True)
-    def floor(self: Any, n: int) -> int | None:
+    def floor_body(task: Any, n: int) -> int | None:
         conn = _process.get("psycopg", _psycopg)
-        key = f"{self.name}:{self.request.id}"
+        key = f"{task.name}:{task.request.id}"
         won = conn.execute(floor_claim, (key,)).fetchone()
         if won is None:
             return None  # a duplicate of a finished claim
         result = body(n)
         conn.execute(floor_done, (key, won[0]))
         return result
+
+    @app.task(shared=False, name="bench.floor", acks_late=True, bind=True)
+    def floor(self: Any, n: int) -> int | None:
+        return floor_body(self, n)
+
+    @app.task(shared=False, name="bench.floor_twin", acks_late=True, bind=True)
+    def floor_twin(self: Any, n: int) -> int | None:
+        return floor_body(self, n)
 
     @app.task(shared=False, name="bench.claim", base=ClaimTask)
     def claim(n: int) -> int:

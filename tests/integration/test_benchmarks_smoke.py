@@ -3,7 +3,8 @@
 ``python -m benchmarks.run`` is not part of the test run; this keeps it from
 rotting: real workers drain messages for the plain task, ClaimTask and
 Celery's own de-duplication, the duplicate workload runs no body twice under
-a claim, and the store micro-benchmarks run on a small table.
+a claim or the floor's and every body twice for a plain task (its control),
+and the store micro-benchmarks run on a small table.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ def test_quick_benchmark_runs_and_reports(database_url: str, redis_url: str,
     runs = report["workers"]
     assert not [r for r in runs if "error" in r], [r["error"] for r in runs if "error" in r]
     by_variant = {(r["case"]["variant"], r["case"]["workload"]): r for r in runs}
-    for variant in ("plain", "plain_late", "claim", "dedup"):  # each ran and reported
+    for variant in ("plain", "plain_late", "floor_twin", "claim", "dedup"):  # each ran and reported
         assert by_variant[(variant, "single")]["messages"] > 0
         assert math.isfinite(by_variant[(variant, "single")]["throughput"])
     assert by_variant[("claim", "single")]["claims_succeeded"] == 40
+    assert "| solo | floor_twin | late |" in printed  # the A/A control, with its ratio
     # PostgreSQL's CPU, told apart by process: the total is their sum.
     for r in runs:
         cpu = r["cpu_ms_per_task"]
