@@ -44,10 +44,10 @@ VARIANTS: dict[str, str] = {
     "claim_alone": "ClaimTask with claim_coalesce=False: one statement per call, whatever "
                    "the pool",
     "handwritten": "plain task (acks_late) with a hand-written two-statement psycopg claim",
-    "floor_twin": "the floor's task again under another name: an A/A control, whose ratio "
-                  "to the floor is the harness's own spread",
     "floor": "plain task (acks_late) with the smallest correct claim: three columns, two "
              "autocommit statements on one psycopg connection per process",
+    "floor_twin": "the floor's task again under another name: an A/A control, whose ratio "
+                  "to the floor is the harness's own spread",
     "once": "celery-once QueueOnce (lock at publish, unlock after the body)",
     "dedup": "plain task, acks_late, worker_deduplicate_successful_tasks + Redis results",
 }
